@@ -1,0 +1,46 @@
+#!/bin/sh
+# Installs every build, test and runtime dependency of kfleet from Debian 12
+# packages. Idempotent: packages already present are left alone, and apt-get
+# is not even asked when nothing is missing.
+#
+#   contrib/install-deps.sh            build + test + runtime (default)
+#   contrib/install-deps.sh --bench    also the comparison tools of bench/
+set -eu
+
+# Build: compiler, CMake and the libraries kfleet links against.
+BUILD="build-essential cmake pkg-config libuv1-dev libssh-dev libarchive-dev
+libssl-dev libsqlite3-dev libyaml-dev libjansson-dev"
+# Tests: cmocka for unit tests; a real OpenSSH server (and client, for
+# ssh-keygen) for the test fleet; util-linux for unshare; shellcheck for the
+# shell scripts; sqlite3 to inspect the state database from tests.
+TEST="libcmocka-dev openssh-server openssh-client util-linux procps shellcheck
+sqlite3 python3 jq"
+# bench/: the tools an operator would otherwise use, measured in the same run.
+BENCH="pssh ansible-core time"
+
+pkgs="$BUILD $TEST"
+for arg in "$@"; do
+	case "$arg" in
+	--bench) pkgs="$pkgs $BENCH" ;;
+	*) echo "install-deps.sh: unknown option '$arg' (known: --bench)" >&2; exit 2 ;;
+	esac
+done
+
+missing=""
+for p in $pkgs; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing="$missing $p"
+	fi
+done
+if [ -z "$missing" ]; then
+	echo "install-deps.sh: all dependencies present"
+	exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+echo "install-deps.sh: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086  # word splitting of the package list is intended
+$SUDO apt-get install -y -qq --no-install-recommends $missing

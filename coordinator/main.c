@@ -1,0 +1,34 @@
+/* kfleet: the command-line entry point. One function per command, in its
+ * own file (cmd_*.c). */
+#include "coordinator.h"
+
+#include <signal.h>
+#include <string.h>
+
+int main(int argc, char **argv)
+{
+    struct coord_opts o;
+    int rc;
+
+    /* A node that hangs up must fail that node, not kill kfleet. */
+    signal(SIGPIPE, SIG_IGN);
+    rc = coord_parse_args(argc, argv, &o);
+    if (rc < 0)
+        return KF_EXIT_OK;
+    if (rc > 0)
+        return rc;
+    if (o.verbose)
+        log_set_level(LOG_DEBUG);
+
+    if (strcmp(o.command, "hosts") == 0)
+        return cmd_hosts(&o);
+    if (strcmp(o.command, "facts") == 0)
+        return cmd_facts(&o);
+    if (strcmp(o.command, "version") == 0) {
+        printf("kfleet %s\n", KF_VERSION);
+        return KF_EXIT_OK;
+    }
+    fprintf(stderr, "kfleet: unknown command '%s' (commands: hosts, facts, version, help)\n",
+            o.command);
+    return KF_EXIT_USAGE;
+}

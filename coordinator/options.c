@@ -1,0 +1,279 @@
+/* Command-line parsing shared by every command. Options may stand before or
+ * after the command name ("kfleet -i inv.yml facts" = "kfleet facts -i
+ * inv.yml"), as with git's and ansible's global options. */
+#include "coordinator.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    OPT_STATE = 256,
+    OPT_KNOWN_HOSTS,
+    OPT_ACCEPT_NEW,
+    OPT_SSH_CONFIG,
+    OPT_CONNECT_TIMEOUT,
+    OPT_AUTH_TIMEOUT,
+    OPT_COMMAND_TIMEOUT,
+    OPT_MAX_HANDSHAKES,
+    OPT_OUTPUT_LIMIT,
+    OPT_JSON,
+    OPT_PROGRESS,
+    OPT_NO_PROGRESS,
+    OPT_VERSION,
+};
+
+static const struct option long_opts[] = {
+    {"inventory", required_argument, NULL, 'i'},
+    {"limit", required_argument, NULL, 'l'},
+    {"forks", required_argument, NULL, 'f'},
+    {"state", required_argument, NULL, OPT_STATE},
+    {"known-hosts", required_argument, NULL, OPT_KNOWN_HOSTS},
+    {"accept-new-hostkeys", no_argument, NULL, OPT_ACCEPT_NEW},
+    {"ssh-config", required_argument, NULL, OPT_SSH_CONFIG},
+    {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+    {"auth-timeout", required_argument, NULL, OPT_AUTH_TIMEOUT},
+    {"command-timeout", required_argument, NULL, OPT_COMMAND_TIMEOUT},
+    {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
+    {"output-limit", required_argument, NULL, OPT_OUTPUT_LIMIT},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"progress", no_argument, NULL, OPT_PROGRESS},
+    {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"verbose", no_argument, NULL, 'v'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+void coord_usage(FILE *f, const char *command)
+{
+    if (command != NULL && strcmp(command, "hosts") == 0) {
+        fputs("usage: kfleet hosts [-i INVENTORY] [-l PATTERN] [--json]\n"
+              "\n"
+              "Lists the hosts the pattern selects, with their connection settings and groups.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet hosts -i inventory.yml\n"
+              "  kfleet hosts -l 'gpu:&rack1:!gpu007' --json\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "facts") == 0) {
+        fputs("usage: kfleet facts [-i INVENTORY] [-l PATTERN] [-f FORKS] [--json] [options]\n"
+              "\n"
+              "Gathers every selected node's facts over SSH, in parallel, with ONE remote\n"
+              "command per node: running and installed kernels, architecture, OS, NVIDIA GPUs,\n"
+              "loaded and userspace driver versions, Secure Boot state, what kfleet installed.\n"
+              "Facts are stored in the state database; the report groups hosts by kernel and\n"
+              "failed hosts by reason.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet facts -i inventory.yml\n"
+              "  kfleet facts -l 'gpu*' --forks 200 --json > facts.json\n"
+              "  kfleet facts --accept-new-hostkeys     # first contact: record host keys\n"
+              "\n"
+              "exit status: 0 every host answered, 1 some hosts failed, 2 usage or\n"
+              "configuration error, 3 internal error (e.g. state database).\n",
+              f);
+        return;
+    }
+    fputs("usage: kfleet [OPTIONS] COMMAND [OPTIONS]\n"
+          "\n"
+          "Builds out-of-tree kernel modules (the NVIDIA driver first) once per kernel in a\n"
+          "GPU fleet and deploys them over SSH.\n"
+          "\n"
+          "commands:\n"
+          "  hosts        list the hosts an inventory pattern selects\n"
+          "  facts        gather kernels, OS, GPUs and driver versions from every node\n"
+          "  version      print the version\n"
+          "  help [CMD]   this text, or a command's\n"
+          "\n"
+          "options:\n"
+          "  -i, --inventory FILE     Ansible YAML inventory (default: $KFLEET_INVENTORY,\n"
+          "                           else ./inventory.yml)\n"
+          "  -l, --limit PATTERN      host pattern: group, host, glob 'gpu0*', '~regex',\n"
+          "                           union 'a:b' or 'a,b', intersection ':&b', exclusion ':!b'\n"
+          "  -f, --forks N            SSH sessions at once (default 64)\n"
+          "      --max-handshakes N   SSH handshakes in flight (default 32)\n"
+          "      --state DIR          state directory (default /var/lib/kfleet for root,\n"
+          "                           else $XDG_STATE_HOME/kfleet)\n"
+          "      --known-hosts FILE   known_hosts file (default ~/.ssh/known_hosts)\n"
+          "      --accept-new-hostkeys  record unknown host keys (a changed key always fails)\n"
+          "      --ssh-config FILE    ssh config for Host aliases (default ~/.ssh/config;\n"
+          "                           'none' for no file)\n"
+          "      --connect-timeout T  name lookup + TCP connect (default 10s)\n"
+          "      --auth-timeout T     SSH handshake + authentication (default 20s)\n"
+          "      --command-timeout T  remote command (default 60s)\n"
+          "      --output-limit BYTES stdout kept per host; more cuts the command (default 1M)\n"
+          "      --json               machine-readable output on stdout\n"
+          "      --progress, --no-progress  live progress line (default: when stderr is a TTY)\n"
+          "  -v, --verbose            debug logging; all failure details\n"
+          "  -h, --help               help; 'kfleet help facts' for a command\n"
+          "\n"
+          "Times take a unit: 500ms, 10s, 2m (seconds without one).\n",
+          f);
+}
+
+/* "10", "10s", "500ms", "2m" -> milliseconds; 0 and garbage are errors. */
+static int parse_duration(const char *s, unsigned *ms)
+{
+    char *end;
+    double v = strtod(s, &end);
+    double mult = 1000;
+
+    if (end == s || v <= 0)
+        return -1;
+    if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (strcmp(end, "s") == 0 || *end == '\0')
+        mult = 1000;
+    else if (strcmp(end, "m") == 0)
+        mult = 60000;
+    else
+        return -1;
+    if (v * mult > 86400000.0 || v * mult < 1)
+        return -1;
+    *ms = (unsigned)(v * mult);
+    return 0;
+}
+
+static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+    char *end;
+    unsigned long v;
+
+    if (*s == '-' || *s == '\0')
+        return -1;
+    v = strtoul(s, &end, 10);
+    if (*end != '\0' || v < min || v > max)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (*s == '-' || *s == '\0')
+        return -1;
+    v = strtoull(s, &end, 10);
+    if (*end == 'K' || *end == 'k')
+        v *= 1024, end++;
+    else if (*end == 'M' || *end == 'm')
+        v *= 1024 * 1024, end++;
+    if (*end != '\0' || v < 1024 || v > 1024ULL * 1024 * 1024)
+        return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+int coord_parse_args(int argc, char **argv, struct coord_opts *o)
+{
+    const char *env;
+    int c;
+
+    memset(o, 0, sizeof(*o));
+    o->forks = 64;
+    o->progress = -1;
+    env = getenv("KFLEET_INVENTORY");
+    o->inventory = env && *env ? env : "inventory.yml";
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":i:l:f:vh", long_opts, NULL)) != -1) {
+        const char *bad = NULL;
+        switch (c) {
+        case 'i':
+            o->inventory = optarg;
+            break;
+        case 'l':
+            o->limit = optarg;
+            break;
+        case 'f':
+            if (parse_uint(optarg, 1, 100000, &o->forks) < 0)
+                bad = "--forks takes a number from 1 to 100000";
+            break;
+        case OPT_STATE:
+            o->state_dir = optarg;
+            break;
+        case OPT_KNOWN_HOSTS:
+            o->known_hosts = optarg;
+            break;
+        case OPT_ACCEPT_NEW:
+            o->accept_new_hostkeys = 1;
+            break;
+        case OPT_SSH_CONFIG:
+            o->ssh_config = optarg;
+            break;
+        case OPT_CONNECT_TIMEOUT:
+            if (parse_duration(optarg, &o->connect_timeout_ms) < 0)
+                bad = "--connect-timeout takes a duration like 10s or 500ms";
+            break;
+        case OPT_AUTH_TIMEOUT:
+            if (parse_duration(optarg, &o->auth_timeout_ms) < 0)
+                bad = "--auth-timeout takes a duration like 20s";
+            break;
+        case OPT_COMMAND_TIMEOUT:
+            if (parse_duration(optarg, &o->command_timeout_ms) < 0)
+                bad = "--command-timeout takes a duration like 60s or 2m";
+            break;
+        case OPT_MAX_HANDSHAKES:
+            if (parse_uint(optarg, 1, 10000, &o->max_handshakes) < 0)
+                bad = "--max-handshakes takes a number from 1 to 10000";
+            break;
+        case OPT_OUTPUT_LIMIT:
+            if (parse_size(optarg, &o->output_limit) < 0)
+                bad = "--output-limit takes a size from 1K to 1024M, like 256K or 4M";
+            break;
+        case OPT_JSON:
+            o->json = 1;
+            break;
+        case OPT_PROGRESS:
+            o->progress = 1;
+            break;
+        case OPT_NO_PROGRESS:
+            o->progress = 0;
+            break;
+        case 'v':
+            o->verbose++;
+            break;
+        case 'h':
+            o->command = optind < argc ? argv[optind] : NULL;
+            coord_usage(stdout, o->command);
+            return -1;
+        case OPT_VERSION:
+            printf("kfleet %s\n", KF_VERSION);
+            return -1;
+        case ':':
+            fprintf(stderr, "kfleet: option '%s' needs a value (see kfleet --help)\n",
+                    argv[optind - 1]);
+            return KF_EXIT_USAGE;
+        default:
+            fprintf(stderr, "kfleet: unknown option '%s' (see kfleet --help)\n",
+                    argv[optind - 1]);
+            return KF_EXIT_USAGE;
+        }
+        if (bad != NULL) {
+            fprintf(stderr, "kfleet: bad value '%s': %s\n", optarg, bad);
+            return KF_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        coord_usage(stderr, NULL);
+        return KF_EXIT_USAGE;
+    }
+    o->command = argv[optind++];
+    if (strcmp(o->command, "help") == 0) {
+        coord_usage(stdout, optind < argc ? argv[optind] : NULL);
+        return -1;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kfleet: unexpected argument '%s' (see kfleet help %s)\n", argv[optind],
+                o->command);
+        return KF_EXIT_USAGE;
+    }
+    if (o->command_timeout_ms == 0)
+        o->command_timeout_ms = 60000;
+    return 0;
+}
