@@ -257,7 +257,7 @@ static void print_groups(struct coord_groups *gs, int details)
     for (i = 0; i < gs->n; i++) {
         buf_reset(&b);
         coord_group_fold(&gs->g[i], &b);
-        printf("  %-46s %5zu  %s\n", gs->g[i].key, gs->g[i].n, buf_cstr(&b));
+        printf("  %-50s %5zu  %s\n", gs->g[i].key, gs->g[i].n, buf_cstr(&b));
         if (details && gs->g[i].detail != NULL)
             printf("      e.g. %s: %s\n", gs->g[i].names[0], gs->g[i].detail);
     }
@@ -280,7 +280,7 @@ static void print_human(struct facts_run *r, double secs)
             coord_groups_add(&failed, key, j->h->name, j->msg);
             continue;
         }
-        snprintf(key, sizeof(key), "%-26s %-7s %s %s", j->facts.kernel, j->facts.arch,
+        snprintf(key, sizeof(key), "%-28s %-8s %s %s", j->facts.kernel, j->facts.arch,
                  j->facts.os_id[0] ? j->facts.os_id : "?", j->facts.os_version);
         coord_groups_add(&running, key, j->h->name, NULL);
         for (k = 0; k < j->facts.nkernels; k++)
@@ -290,15 +290,16 @@ static void print_human(struct facts_run *r, double secs)
     printf("kfleet facts: %zu host%s, %zu answered, %zu failed (%.1f s)\n", r->n,
            r->n == 1 ? "" : "s", r->n - r->failed, r->failed, secs);
     if (running.n > 0) {
-        printf("\nRUNNING KERNEL             ARCH    OS              HOSTS\n");
+        printf("\n  %-28s %-8s %-13s %5s  %s\n", "RUNNING KERNEL", "ARCH", "OS", "COUNT",
+               "HOSTS");
         print_groups(&running, 0);
     }
     if (installed.n > 0) {
-        printf("\nINSTALLED, NOT RUNNING (the next reboot boots one of these)\n");
+        printf("\n  %-50s %5s  %s\n", "INSTALLED, NOT RUNNING (next reboot)", "COUNT", "HOSTS");
         print_groups(&installed, 0);
     }
     if (failed.n > 0) {
-        printf("\nFAILED                                          HOSTS\n");
+        printf("\n  %-50s %5s  %s\n", "FAILED (reason, phase)", "COUNT", "HOSTS");
         print_groups(&failed, 1);
         if (r->o->verbose) {
             printf("\nfailure details:\n");
@@ -337,6 +338,16 @@ int cmd_facts(struct coord_opts *o)
     memset(&r, 0, sizeof(r));
     kf_err_clear(&err);
     r.o = o;
+    if (o->print_probe) {
+        /* What runs on every node, for review (and for bench/ to give other
+         * tools the very same command). The nonce changes per run. */
+        char *cmd = NULL;
+        if (make_nonce(r.nonce) < 0 || inv_facts_command(r.nonce, 0, NULL, &cmd) < 0)
+            return KF_EXIT_ERROR;
+        printf("%s\n", cmd);
+        free(cmd);
+        return KF_EXIT_OK;
+    }
     rc = coord_load_selection(o, &r.inv, &r.idx, &r.n);
     if (rc != 0)
         return rc;

@@ -33,6 +33,7 @@ struct coord_opts {
     unsigned command_timeout_ms;
     size_t output_limit;    /* bytes of stdout kept per host */
     int json;
+    int print_probe;        /* facts: print the remote command and exit */
     int progress;           /* -1 auto (TTY), 0 off, 1 on */
     int verbose;
 };

@@ -21,6 +21,7 @@ enum {
     OPT_PROGRESS,
     OPT_NO_PROGRESS,
     OPT_VERSION,
+    OPT_PRINT_PROBE,
 };
 
 static const struct option long_opts[] = {
@@ -42,6 +43,7 @@ static const struct option long_opts[] = {
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
+    {"print-probe", no_argument, NULL, OPT_PRINT_PROBE},
     {NULL, 0, NULL, 0},
 };
 
@@ -71,6 +73,7 @@ void coord_usage(FILE *f, const char *command)
               "  kfleet facts -i inventory.yml\n"
               "  kfleet facts -l 'gpu*' --forks 200 --json > facts.json\n"
               "  kfleet facts --accept-new-hostkeys     # first contact: record host keys\n"
+              "  kfleet facts --print-probe             # show the command run on each node\n"
               "\n"
               "exit status: 0 every host answered, 1 some hosts failed, 2 usage or\n"
               "configuration error, 3 internal error (e.g. state database).\n",
@@ -228,6 +231,9 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             break;
         case OPT_JSON:
             o->json = 1;
+            break;
+        case OPT_PRINT_PROBE:
+            o->print_probe = 1;
             break;
         case OPT_PROGRESS:
             o->progress = 1;
