@@ -110,6 +110,7 @@ struct ssh_conn {
     int out_eof;
     int err_eof;
 
+    unsigned poll_errors; /* consecutive poll errors */
     struct kf_err err;
     const char *phase;
 };
@@ -654,17 +655,49 @@ static void slot_acquire(struct ssh_conn *c)
     start_resolve(c);
 }
 
+static void backoff(struct ssh_conn *c, const char *why);
+
+static int handshake_retryable(const struct ssh_conn *c)
+{
+    /* A server over its MaxStartups closes new connections before it
+     * sends its banner: that is "try again later", not a dead host. */
+    return c->state == CS_HANDSHAKE && c->a != NULL &&
+           (c->a->s == NULL || ssh_get_serverbanner(c->a->s) == NULL) &&
+           c->retries < c->e->opts.handshake_retries;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct attempt *a = h->data;
     struct ssh_conn *c = a->c;
+    socklen_t len = sizeof(int);
+    int soerr = 0;
 
     if (c == NULL)
         return;
     if (status < 0) {
-        conn_fail(c, KF_EIO, c->state == CS_RUNNING ? "command" : "handshake",
-                  "socket error: %s", uv_strerror(status));
-        return;
+        /* libuv reports POLLERR (e.g. a connection reset by a server over
+         * its MaxStartups) as an error. The socket's pending error says
+         * what happened; classify it here rather than hope libssh reads it
+         * on its next call. */
+        if (getsockopt(a->pollfd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0) {
+            if (handshake_retryable(c))
+                backoff(c, strerror(soerr));
+            else
+                conn_fail(c, soerr == ECONNRESET ? KF_ECLOSED : KF_EIO,
+                          c->state == CS_HANDSHAKE ? "handshake"
+                          : c->state == CS_AUTH    ? "auth"
+                                                   : "command",
+                          "connection error: %s", strerror(soerr));
+            return;
+        }
+        if (++c->poll_errors > 3) {
+            conn_fail(c, KF_EIO, c->state == CS_RUNNING ? "command" : "handshake",
+                      "socket error: %s", uv_strerror(status));
+            return;
+        }
+    } else {
+        c->poll_errors = 0;
     }
     conn_step(c);
 }
@@ -765,6 +798,7 @@ static void attempt_start(struct ssh_conn *c)
     a->pollfd = -1;
     a->libfd = -1;
     c->a = a;
+    c->poll_errors = 0;
     set_state(c, CS_TCP);
     rc = uv_tcp_init(c->e->loop, &a->tcp);
     if (rc < 0) {
@@ -905,9 +939,7 @@ static int step_handshake(struct ssh_conn *c)
     if (rc == SSH_AGAIN)
         return 0;
     if (rc != SSH_OK) {
-        /* A server over its MaxStartups closes new connections before it
-         * sends its banner: that is "try again later", not a dead host. */
-        if (ssh_get_serverbanner(a->s) == NULL && c->retries < c->e->opts.handshake_retries) {
+        if (handshake_retryable(c)) {
             backoff(c, ssh_get_error(a->s));
             return 0;
         }
@@ -1081,7 +1113,10 @@ static int step_running(struct ssh_conn *c)
             exec_finish(c, 0);
             return 0;
         }
-    } else if (ssh_channel_is_closed(a->ch)) {
+    } else if (ssh_channel_is_closed(a->ch) && !progress) {
+        /* Reading one stream may process the packets that carry the other
+         * stream's last data, its EOF and the close together: a closed
+         * channel is an error only once a whole round read nothing. */
         conn_fail(c, KF_ECLOSED, "command", "connection closed while the command ran");
         return 0;
     }

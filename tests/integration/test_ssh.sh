@@ -35,7 +35,7 @@ ok "unknown host keys refused, with how to accept them"
 	--state "$WORK/state" --accept-new-hostkeys >/dev/null 2>&1 || fail "accept-new run failed"
 [ "$(wc -l <"$WORK/kh")" = $N ] || fail "want $N recorded keys, got $(wc -l <"$WORK/kh")"
 "$KFLEET" facts -i "$FLEET/inventory.yml" --known-hosts "$WORK/kh" --ssh-config none \
-	--state "$WORK/state" >/dev/null 2>&1 || fail "run with recorded keys failed"
+	--state "$WORK/state" >"$WORK/recorded.txt" 2>&1 || { cat "$WORK/recorded.txt"; fail "run with recorded keys failed"; }
 ok "--accept-new-hostkeys records keys; the next run checks against them"
 
 cp "$FLEET/known_hosts" "$WORK/kh2"
