@@ -72,7 +72,7 @@ for run in $(seq "$RUNS"); do
 	echo "bench: run $run of $RUNS done" >&2
 done
 # Every tool must have reached every node, or the comparison means nothing.
-[ "$(ls "$work/pssh-out" | wc -l)" = "$NODES" ] || { echo "bench: pssh missed nodes" >&2; exit 1; }
+[ "$(find "$work/pssh-out" -type f | wc -l)" = "$NODES" ] || { echo "bench: pssh missed nodes" >&2; exit 1; }
 grep -q "$NODES answered, 0 failed" "$out/facts-kfleet.txt" || { echo "bench: kfleet missed nodes" >&2; exit 1; }
 [ "$(grep -c 'SUCCESS' "$out/facts-ansible.txt")" = "$NODES" ] || { echo "bench: ansible missed nodes" >&2; exit 1; }
 

@@ -44,7 +44,7 @@ struct ssh_engine {
     char *home;
     struct ssh_key_entry *keys; /* loaded once, shared by all sessions */
     size_t nkeys;
-    unsigned handshakes; /* in flight */
+    unsigned handshakes;                    /* in flight */
     struct ssh_conn *wait_head, *wait_tail; /* waiting for a handshake slot */
     /* Counters for reports and tests. */
     uint64_t handshake_retries;
@@ -84,8 +84,8 @@ struct ssh_exec {
     const char *command;
     const void *stdin_data; /* sent, then EOF; not copied: keep it alive */
     size_t stdin_len;
-    size_t out_limit; /* bytes kept of stdout; 0: 1 MiB. More cuts the command */
-    size_t err_limit; /* bytes kept of stderr; 0: 64 KiB. More is dropped */
+    size_t out_limit;    /* bytes kept of stdout; 0: 1 MiB. More cuts the command */
+    size_t err_limit;    /* bytes kept of stderr; 0: 64 KiB. More is dropped */
     unsigned timeout_ms; /* 0: 60 s */
     /* outputs */
     struct buf out;

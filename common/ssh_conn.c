@@ -50,8 +50,8 @@ enum conn_state {
 };
 
 static const char *const state_names[] = {
-    "new",     "wait-slot", "resolve", "tcp",     "handshake", "auth",
-    "backoff", "ready",     "chan-open", "exec-req", "running", "failed",
+    "new",     "wait-slot", "resolve",   "tcp",      "handshake", "auth",
+    "backoff", "ready",     "chan-open", "exec-req", "running",   "failed",
 };
 
 struct attempt {
@@ -158,8 +158,8 @@ int ssh_engine_init(struct ssh_engine *e, uv_loop_t *loop, const struct ssh_engi
     if (e->home == NULL)
         goto nomem;
     e->opts = *o;
-    e->opts.known_hosts = o->known_hosts ? strdup(o->known_hosts)
-                                         : path_join(e->home, ".ssh/known_hosts");
+    e->opts.known_hosts =
+        o->known_hosts ? strdup(o->known_hosts) : path_join(e->home, ".ssh/known_hosts");
     if (e->opts.known_hosts == NULL)
         goto nomem;
     if (o->ssh_config == NULL) {
@@ -557,8 +557,8 @@ static void on_deadline(uv_timer_t *t)
     case CS_AUTH:
         conn_fail(c, KF_ETIMEDOUT, c->state == CS_AUTH ? "auth" : "handshake",
                   "SSH %s with %s timed out after %u ms (no answer: node hung or stopped?)",
-                  c->state == CS_AUTH ? "authentication" : "handshake",
-                  hostport(c, hp, sizeof(hp)), c->e->opts.auth_timeout_ms);
+                  c->state == CS_AUTH ? "authentication" : "handshake", hostport(c, hp, sizeof(hp)),
+                  c->e->opts.auth_timeout_ms);
         break;
     case CS_CHAN_OPEN:
     case CS_EXEC_REQ:
@@ -737,8 +737,7 @@ static void on_tcp_connected(uv_connect_t *req, int status)
         return;
     }
     if (status < 0) {
-        snprintf(c->last_connect_error, sizeof(c->last_connect_error), "%s",
-                 uv_strerror(status));
+        snprintf(c->last_connect_error, sizeof(c->last_connect_error), "%s", uv_strerror(status));
         io_teardown(c, 0);
         if (c->ai_next != NULL) {
             attempt_start(c);

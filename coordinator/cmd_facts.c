@@ -67,9 +67,8 @@ static void job_finish(struct facts_job *j)
         j->conn = NULL;
     }
     kf_err_clear(&err);
-    if (!r->db_error &&
-        coord_db_store_facts(&r->db, j->h->name, r->now, j->code ? NULL : &j->facts, j->code,
-                             j->phase, j->msg, &err) < 0) {
+    if (!r->db_error && coord_db_store_facts(&r->db, j->h->name, r->now, j->code ? NULL : &j->facts,
+                                             j->code, j->phase, j->msg, &err) < 0) {
         /* Keep gathering: the report still reaches the operator, and the
          * exit status says the state was not saved. */
         r->db_error = 1;
@@ -131,13 +130,13 @@ static void on_probe_done(struct ssh_conn *c, int status, void *arg)
         return;
     }
     kf_err_clear(&err);
-    rc = inv_facts_parse(j->x.out.data ? j->x.out.data : "", j->x.out.len, j->run->nonce,
-                         &j->facts, &err);
+    rc = inv_facts_parse(j->x.out.data ? j->x.out.data : "", j->x.out.len, j->run->nonce, &j->facts,
+                         &err);
     if (rc < 0) {
         if (j->x.exit_status != 0 && rc == KF_EPARSE)
-            job_fail(j, KF_ECMD, "facts", "probe exited with status %d%s%s%s: %s",
-                     j->x.exit_status, j->x.exit_signal[0] ? " (signal " : "",
-                     j->x.exit_signal, j->x.exit_signal[0] ? ")" : "",
+            job_fail(j, KF_ECMD, "facts", "probe exited with status %d%s%s%s: %s", j->x.exit_status,
+                     j->x.exit_signal[0] ? " (signal " : "", j->x.exit_signal,
+                     j->x.exit_signal[0] ? ")" : "",
                      j->x.err.len ? stderr_line(&j->x, line, sizeof(line)) : kf_err_msg(&err));
         else
             job_fail(j, rc, "facts", "%s", kf_err_msg(&err));
@@ -290,8 +289,7 @@ static void print_human(struct facts_run *r, double secs)
     printf("kfleet facts: %zu host%s, %zu answered, %zu failed (%.1f s)\n", r->n,
            r->n == 1 ? "" : "s", r->n - r->failed, r->failed, secs);
     if (running.n > 0) {
-        printf("\n  %-28s %-8s %-13s %5s  %s\n", "RUNNING KERNEL", "ARCH", "OS", "COUNT",
-               "HOSTS");
+        printf("\n  %-28s %-8s %-13s %5s  %s\n", "RUNNING KERNEL", "ARCH", "OS", "COUNT", "HOSTS");
         print_groups(&running, 0);
     }
     if (installed.n > 0) {

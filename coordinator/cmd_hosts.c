@@ -5,8 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int coord_load_selection(const struct coord_opts *o, struct inventory *inv, size_t **idx,
-                         size_t *n)
+int coord_load_selection(const struct coord_opts *o, struct inventory *inv, size_t **idx, size_t *n)
 {
     struct kf_err err;
 
@@ -19,8 +18,7 @@ int coord_load_selection(const struct coord_opts *o, struct inventory *inv, size
         return KF_EXIT_USAGE;
     }
     if (inv_select(inv, o->limit, idx, n, &err) < 0) {
-        fprintf(stderr, "kfleet: --limit '%s': %s\n", o->limit ? o->limit : "",
-                kf_err_msg(&err));
+        fprintf(stderr, "kfleet: --limit '%s': %s\n", o->limit ? o->limit : "", kf_err_msg(&err));
         inv_release(inv);
         return KF_EXIT_USAGE;
     }

@@ -12,17 +12,17 @@
 
 /* Exit codes, documented in README.md and kfleet --help. */
 enum {
-    KF_EXIT_OK = 0,     /* every selected host answered / succeeded */
-    KF_EXIT_HOSTS = 1,  /* the run went through, some hosts failed */
-    KF_EXIT_USAGE = 2,  /* bad option, inventory, pattern or configuration */
-    KF_EXIT_ERROR = 3,  /* kfleet itself failed (state database, memory) */
+    KF_EXIT_OK = 0,    /* every selected host answered / succeeded */
+    KF_EXIT_HOSTS = 1, /* the run went through, some hosts failed */
+    KF_EXIT_USAGE = 2, /* bad option, inventory, pattern or configuration */
+    KF_EXIT_ERROR = 3, /* kfleet itself failed (state database, memory) */
 };
 
 struct coord_opts {
     const char *command;
-    const char *inventory;  /* -i; default $KFLEET_INVENTORY or ./inventory.yml */
-    const char *limit;      /* -l pattern */
-    const char *state_dir;  /* --state; default see coord_default_state_dir */
+    const char *inventory; /* -i; default $KFLEET_INVENTORY or ./inventory.yml */
+    const char *limit;     /* -l pattern */
+    const char *state_dir; /* --state; default see coord_default_state_dir */
     const char *known_hosts;
     const char *ssh_config;
     int accept_new_hostkeys;
@@ -31,10 +31,10 @@ struct coord_opts {
     unsigned connect_timeout_ms;
     unsigned auth_timeout_ms;
     unsigned command_timeout_ms;
-    size_t output_limit;    /* bytes of stdout kept per host */
+    size_t output_limit; /* bytes of stdout kept per host */
     int json;
-    int print_probe;        /* facts: print the remote command and exit */
-    int progress;           /* -1 auto (TTY), 0 off, 1 on */
+    int print_probe; /* facts: print the remote command and exit */
+    int progress;    /* -1 auto (TTY), 0 off, 1 on */
     int verbose;
 };
 

@@ -256,8 +256,7 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
                     argv[optind - 1]);
             return KF_EXIT_USAGE;
         default:
-            fprintf(stderr, "kfleet: unknown option '%s' (see kfleet --help)\n",
-                    argv[optind - 1]);
+            fprintf(stderr, "kfleet: unknown option '%s' (see kfleet --help)\n", argv[optind - 1]);
             return KF_EXIT_USAGE;
         }
         if (bad != NULL) {

@@ -28,8 +28,7 @@ void coord_groups_release(struct coord_groups *gs)
     coord_groups_init(gs);
 }
 
-int coord_groups_add(struct coord_groups *gs, const char *key, const char *name,
-                     const char *detail)
+int coord_groups_add(struct coord_groups *gs, const char *key, const char *name, const char *detail)
 {
     struct coord_group *g = NULL;
     char **names;

@@ -21,40 +21,40 @@ struct inv_loc {
 };
 
 struct inv_host {
-    char *name;        /* inventory name, unique */
+    char *name;         /* inventory name, unique */
     struct inv_loc loc; /* first definition */
-    json_t *vars;      /* effective variables (object, owned): group vars by
-                          depth then name, host vars last; see inventory.c */
-    char **groups;     /* every group the host is in, ancestors and "all"
-                          included, sorted by name */
+    json_t *vars;       /* effective variables (object, owned): group vars by
+                           depth then name, host vars last; see inventory.c */
+    char **groups;      /* every group the host is in, ancestors and "all"
+                           included, sorted by name */
     size_t ngroups;
 
     /* Connection settings resolved from vars. NULL/0 = not set, in which
      * case ~/.ssh/config and the SSH defaults decide. */
-    char *address;     /* ansible_host (or ansible_ssh_host) */
-    int port;          /* ansible_port (or ansible_ssh_port), 1..65535 */
-    char *user;        /* ansible_user (or ansible_ssh_user) */
-    char *key_file;    /* ansible_ssh_private_key_file */
-    int become;        /* ansible_become: run commands through sudo -n */
-    char *become_user; /* ansible_become_user (default root when become) */
-    char *connection;  /* ansible_connection, NULL = ssh */
-    char *proxy_jump;  /* -o ProxyJump=X or -J X in ansible_ssh_common_args */
+    char *address;         /* ansible_host (or ansible_ssh_host) */
+    int port;              /* ansible_port (or ansible_ssh_port), 1..65535 */
+    char *user;            /* ansible_user (or ansible_ssh_user) */
+    char *key_file;        /* ansible_ssh_private_key_file */
+    int become;            /* ansible_become: run commands through sudo -n */
+    char *become_user;     /* ansible_become_user (default root when become) */
+    char *connection;      /* ansible_connection, NULL = ssh */
+    char *proxy_jump;      /* -o ProxyJump=X or -J X in ansible_ssh_common_args */
     char *ssh_common_args; /* the raw ansible_ssh_common_args */
 };
 
 struct inv_group {
     char *name;
     struct inv_loc loc;
-    json_t *vars;      /* the group's own vars (object, owned) */
-    char **children;   /* direct child group names, in definition order */
+    json_t *vars;    /* the group's own vars (object, owned) */
+    char **children; /* direct child group names, in definition order */
     size_t nchildren;
-    char **hosts;      /* direct member host names, in definition order */
+    char **hosts; /* direct member host names, in definition order */
     size_t nhosts;
 };
 
 struct inventory {
-    char *path;               /* file name used in messages */
-    struct inv_host *hosts;   /* in order of first definition */
+    char *path;             /* file name used in messages */
+    struct inv_host *hosts; /* in order of first definition */
     size_t nhosts;
     struct inv_group *groups; /* "all" and "ungrouped" always exist */
     size_t ngroups;
@@ -96,7 +96,7 @@ int inv_select(const struct inventory *inv, const char *pattern, size_t **idx, s
 /* ------------------------------------------------------------------------ */
 /* Facts                                                                     */
 
-#define INV_KREL_MAX 64   /* bytes of a kernel release, as uname's limit */
+#define INV_KREL_MAX 64 /* bytes of a kernel release, as uname's limit */
 #define INV_FACTS_MAX_KERNELS 64
 #define INV_FACTS_MAX_GPUS 64
 
@@ -120,28 +120,28 @@ struct inv_kernel {
 };
 
 struct inv_gpu {
-    char slot[32];   /* PCI address "0000:3b:00.0" */
-    char id[16];     /* vendor:device "10de:2330" */
+    char slot[32]; /* PCI address "0000:3b:00.0" */
+    char id[16];   /* vendor:device "10de:2330" */
 };
 
 struct inv_facts {
-    char kernel[INV_KREL_MAX + 1];  /* uname -r, validated */
-    char kernel_build[256];         /* uname -v, control bytes removed */
-    char arch[32];                  /* uname -m: [A-Za-z0-9_]+ */
-    char os_id[64];                 /* os-release ID ("debian") */
-    char os_version[64];            /* VERSION_ID ("12") */
-    char os_like[128];              /* ID_LIKE */
-    char os_pretty[128];            /* PRETTY_NAME */
+    char kernel[INV_KREL_MAX + 1];                    /* uname -r, validated */
+    char kernel_build[256];                           /* uname -v, control bytes removed */
+    char arch[32];                                    /* uname -m: [A-Za-z0-9_]+ */
+    char os_id[64];                                   /* os-release ID ("debian") */
+    char os_version[64];                              /* VERSION_ID ("12") */
+    char os_like[128];                                /* ID_LIKE */
+    char os_pretty[128];                              /* PRETTY_NAME */
     struct inv_kernel kernels[INV_FACTS_MAX_KERNELS]; /* installed, sorted;
                                        the running one always included */
     size_t nkernels;
-    char loaded_driver[32];         /* /sys/module/nvidia/version, "" = none */
-    char userspace_driver[32];      /* nvidia-smi or libnvidia-ml, "" = unknown */
-    enum inv_tristate gpus_known;   /* INV_NO: no way to list PCI devices */
+    char loaded_driver[32];       /* /sys/module/nvidia/version, "" = none */
+    char userspace_driver[32];    /* nvidia-smi or libnvidia-ml, "" = unknown */
+    enum inv_tristate gpus_known; /* INV_NO: no way to list PCI devices */
     struct inv_gpu gpus[INV_FACTS_MAX_GPUS];
     size_t ngpus;
-    enum inv_tristate secure_boot;  /* mokutil or efivars; unknown if neither */
-    char kfleet_driver[32];         /* from /var/lib/kfleet/state, "" = none */
+    enum inv_tristate secure_boot;         /* mokutil or efivars; unknown if neither */
+    char kfleet_driver[32];                /* from /var/lib/kfleet/state, "" = none */
     char kfleet_release[INV_KREL_MAX + 1]; /* kernel kfleet last installed for */
 };
 

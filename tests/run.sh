@@ -14,7 +14,7 @@ build=build
 cmake_args=()
 if [ "${1:-}" = "--sanitize" ]; then
 	shift
-	build=build-asan
+	build="build-asan"
 	cmake_args+=(-DKF_ASAN=ON -DKF_UBSAN=ON -DCMAKE_BUILD_TYPE=Debug)
 	# Leaks are errors; a report names the allocation site.
 	export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}

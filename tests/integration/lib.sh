@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the integration tests: a fleet per test in a private directory,
 # always torn down, and small assertion helpers.
 set -euo pipefail

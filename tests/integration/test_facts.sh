@@ -16,7 +16,7 @@ N=60
 # back any other node (the blocking-socket regression).
 stop_node=$(awk '$0 ~ /fault=stop/ {print $1}' "$WORK/spec")
 slow_node=$(awk '$0 ~ /fault=slow/ {print $1}' "$WORK/spec")
-[ -n "$stop_node" ] && [ -n "$slow_node" ] || fail "spec lacks a stop or slow node"
+if [ -z "$stop_node" ] || [ -z "$slow_node" ]; then fail "spec lacks a stop or slow node"; fi
 "$FLEET_SH" stop --dir "$FLEET" "$stop_node"
 
 rc=0

@@ -86,5 +86,6 @@ got=$(kf hosts --json -l 'all:!node00[12]:&~node00[1-4]' | python3 -c 'import js
 [ "$got" = "node003,node004" ] || fail "--limit selected '$got'"
 rc=0
 kf hosts -l 'nosuchgroup' >/dev/null 2>"$WORK/none.err" || rc=$?
-[ "$rc" = 2 ] && grep -q "no host" "$WORK/none.err" || fail "empty selection: exit $rc"
+[ "$rc" = 2 ] || fail "empty selection: exit $rc, want 2"
+grep -q "no host" "$WORK/none.err" || fail "empty selection: no message"
 ok "--limit patterns select exactly; an empty selection is a usage error"

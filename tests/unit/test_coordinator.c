@@ -186,15 +186,13 @@ static void test_db_failure_keeps_last_good_facts(void **state)
     assert_int_equal(coord_db_open(&d, dir, &err), 0);
     assert_int_equal(coord_db_store_facts(&d, "n1", 100, &f, 0, NULL, NULL, &err), 0);
     assert_int_equal(query_int(&d, "select count(*) from host_kernels where host='n1'"), 2);
-    assert_int_equal(coord_db_store_facts(&d, "n1", 200, NULL, KF_ETIMEDOUT, "connect",
-                                          "timed out", &err),
-                     0);
+    assert_int_equal(
+        coord_db_store_facts(&d, "n1", 200, NULL, KF_ETIMEDOUT, "connect", "timed out", &err), 0);
     assert_int_equal(query_int(&d, "select ok from facts where host='n1'"), 0);
     assert_int_equal(query_int(&d, "select gathered_at from facts where host='n1'"), 200);
     assert_int_equal(query_int(&d, "select last_ok_at from facts where host='n1'"), 100);
     assert_int_equal(
-        query_int(&d, "select count(*) from facts where host='n1' and kernel='6.1.0-47-amd64'"),
-        1);
+        query_int(&d, "select count(*) from facts where host='n1' and kernel='6.1.0-47-amd64'"), 1);
     assert_int_equal(query_int(&d, "select count(*) from host_kernels where host='n1'"), 2);
     /* a host that never answered has a row with its error and no facts */
     assert_int_equal(coord_db_store_facts(&d, "n2", 300, NULL, KF_EAUTH, "auth", "denied", &err),
