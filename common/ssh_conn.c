@@ -1042,10 +1042,12 @@ static int read_stream(struct ssh_conn *c, int is_stderr, int *progress)
     for (;;) {
         n = ssh_channel_read_nonblocking(a->ch, tmp, sizeof(tmp), is_stderr);
         if (n == SSH_EOF) {
-            if (is_stderr)
-                c->err_eof = 1;
-            else
-                c->out_eof = 1;
+            int *eof = is_stderr ? &c->err_eof : &c->out_eof;
+            /* Seeing EOF is progress: the packets that carried it may also
+             * have carried the other stream's last data. */
+            if (!*eof)
+                *progress = 1;
+            *eof = 1;
             return 0;
         }
         if (n == SSH_ERROR) {

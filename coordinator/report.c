@@ -113,6 +113,8 @@ void coord_progress_update(struct coord_progress *p, size_t done, size_t failed,
     if (!p->enabled)
         return;
     now = uv_hrtime() / 1000000;
+    if (done == p->total)
+        force = 1; /* the final count is always shown */
     if (!force && p->shown && now - p->last_ms < 100)
         return;
     p->last_ms = now;

@@ -89,3 +89,35 @@ kf hosts -l 'nosuchgroup' >/dev/null 2>"$WORK/none.err" || rc=$?
 [ "$rc" = 2 ] || fail "empty selection: exit $rc, want 2"
 grep -q "no host" "$WORK/none.err" || fail "empty selection: no message"
 ok "--limit patterns select exactly; an empty selection is a usage error"
+
+# --- what kfleet refuses, per host, without failing the others ------------------
+port2=$(awk -F'\t' '$1 == "node002" {print $2}' "$FLEET/expected.tsv")
+cat >"$WORK/refuse.yml" <<YAML
+all:
+  vars: {ansible_user: root, ansible_ssh_private_key_file: $FLEET/id_ed25519, ansible_host: 127.0.0.1}
+  hosts:
+    jumped: {ansible_port: $port2, ansible_ssh_common_args: "-o ProxyJump=bastion.example.com"}
+    localconn: {ansible_connection: local}
+    badkey: {ansible_port: $port2, ansible_ssh_private_key_file: $WORK/no-such-key}
+    fine: {ansible_port: $port2}
+YAML
+rc=0
+"$KFLEET" facts -i "$WORK/refuse.yml" --known-hosts "$FLEET/known_hosts" --ssh-config none \
+	--state "$WORK/state" --json >"$WORK/refuse.json" 2>/dev/null || rc=$?
+[ "$rc" = 1 ] || fail "refusals: exit $rc"
+python3 - "$WORK/refuse.json" <<'PY' || fail "refusals reported wrongly"
+import json, sys
+h = {x["name"]: x for x in json.load(open(sys.argv[1]))["hosts"]}
+assert h["fine"]["ok"], h["fine"]
+e = h["jumped"]["error"]; assert e["code"] == "UNSUPPORTED" and "ProxyJump=bastion.example.com" in e["message"], e
+e = h["localconn"]["error"]; assert e["code"] == "UNSUPPORTED" and "local" in e["message"], e
+e = h["badkey"]["error"]; assert e["code"] == "AUTH" and "no-such-key" in e["message"], e
+PY
+ok "ProxyJump, a non-ssh connection and a missing key each fail their host with the reason"
+
+# --- the live progress line, when asked for (stderr is not a TTY here) ----------
+kf facts --progress >/dev/null 2>"$WORK/progress.err" || true
+grep -q "facts: $N/$N done" "$WORK/progress.err" || fail "no progress line"
+kf facts >/dev/null 2>"$WORK/noprogress.err" || true
+if grep -q "done," "$WORK/noprogress.err"; then fail "progress line without a TTY"; fi
+ok "progress line on request, none when stderr is not a terminal"
