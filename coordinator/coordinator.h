@@ -23,6 +23,9 @@ struct coord_opts {
     const char *inventory; /* -i; default $KFLEET_INVENTORY or ./inventory.yml */
     const char *limit;     /* -l pattern */
     const char *state_dir; /* --state; default see coord_default_state_dir */
+    const char *config;    /* --config; default $KFLEET_CONFIG or ./kfleet.yml */
+    const char *driver;    /* --driver VERSION */
+    const char *profile;   /* --profile NAME */
     const char *known_hosts;
     const char *ssh_config;
     int accept_new_hostkeys;
@@ -42,6 +45,64 @@ struct coord_opts {
  * KF_EXIT_USAGE, or -1 when --help/--version was handled (exit 0). */
 int coord_parse_args(int argc, char **argv, struct coord_opts *o);
 void coord_usage(FILE *f, const char *command);
+
+/* --- configuration: kfleet.yml (config.c) ----------------------------------- */
+
+enum coord_profile_type { PROFILE_NVIDIA_RUN, PROFILE_NVIDIA_OPEN, PROFILE_KMOD };
+
+struct coord_make_var {
+    char *name;
+    char *value;
+};
+
+/* A build profile: what to build and how (see contrib/kfleet.yml). */
+struct coord_profile {
+    char *name;
+    enum coord_profile_type type;
+    char *source;   /* .run package, source tree/tarball, module dir */
+    int open;       /* nvidia-run: kernel-open/ (1) or kernel/ (0) */
+    int peermem;    /* nvidia: also nvidia-peermem */
+    char **modules; /* load order */
+    size_t nmodules;
+    char *kernel_min;     /* supported kernels, inclusive, "5.15"; NULL = any */
+    char *kernel_max;     /* "6.12" includes every 6.12.x */
+    char *headers_debian; /* package pattern with {kernel} */
+    char *headers_rhel;
+    char **arches; /* NULL = any */
+    size_t narches;
+    struct coord_make_var *make_vars;
+    size_t nmake_vars;
+};
+
+struct coord_builder {
+    char *name;
+    char *host; /* "local" or an inventory host */
+    unsigned slots;
+};
+
+struct coord_config {
+    char *path;
+    char *store;     /* artifact store; default STATE/store */
+    char *runtime;   /* podman (default) or docker, or a path to either */
+    char **run_args; /* extra `run` arguments, e.g. --runtime runc */
+    size_t nrun_args;
+    struct coord_builder *builders; /* default: one local slot */
+    size_t nbuilders;
+    char *sign_key, *sign_cert, *sign_hash;
+    struct coord_profile *profiles;
+    size_t nprofiles;
+};
+
+void coord_config_init(struct coord_config *c);
+void coord_config_release(struct coord_config *c);
+/* Loads kfleet.yml; a missing file gives the defaults. Errors name the file
+ * and the key path. */
+int coord_config_load(struct coord_config *c, const char *path, const char *state_dir,
+                      struct kf_err *err);
+const struct coord_profile *coord_config_profile(const struct coord_config *c, const char *name);
+void coord_strv_free(char **v, size_t n);
+/* Kernel module names: letters, digits, '-', '_', at most 55 bytes. */
+int coord_module_name_valid(const char *s);
 
 /* --- state database (db.c) ------------------------------------------------ */
 
@@ -73,6 +134,7 @@ int coord_db_store_facts(struct coord_db *d, const char *host, long long now,
 
 int cmd_hosts(struct coord_opts *o);
 int cmd_facts(struct coord_opts *o);
+int cmd_plan(struct coord_opts *o);
 
 /* Shared by commands: loads the inventory and selects hosts by --limit.
  * Prints the error itself and returns KF_EXIT_USAGE on failure. */

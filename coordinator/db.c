@@ -4,7 +4,9 @@
  * Schema history (each step is one entry of `migrations`, applied in a
  * transaction; never edit a released step, add a new one):
  *   1: hosts, facts (latest attempt per host, last good facts kept),
- *      host_kernels (installed kernels per host). */
+ *      host_kernels (installed kernels per host).
+ *   2: artifacts: the catalog of the artifact store, one row per build key
+ *      (profile, driver, kernel, arch, distro). */
 #include "coordinator.h"
 
 #include <errno.h>
@@ -43,6 +45,15 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (host, release)"
     ");"
     "CREATE INDEX facts_kernel ON facts(kernel);",
+    /* 2 */
+    "CREATE TABLE artifacts ("
+    "  profile TEXT NOT NULL, driver TEXT NOT NULL, kernel TEXT NOT NULL,"
+    "  arch TEXT NOT NULL, os_id TEXT NOT NULL, os_version TEXT NOT NULL,"
+    "  kernel_build TEXT," /* uname -v of the headers' kernel, when known */
+    "  path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,"
+    "  build_id INTEGER, created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (profile, driver, kernel, arch, os_id, os_version)"
+    ");",
 };
 
 enum {

@@ -24,11 +24,13 @@ int main(int argc, char **argv)
         return cmd_hosts(&o);
     if (strcmp(o.command, "facts") == 0)
         return cmd_facts(&o);
+    if (strcmp(o.command, "plan") == 0)
+        return cmd_plan(&o);
     if (strcmp(o.command, "version") == 0) {
         printf("kfleet %s\n", KF_VERSION);
         return KF_EXIT_OK;
     }
-    fprintf(stderr, "kfleet: unknown command '%s' (commands: hosts, facts, version, help)\n",
+    fprintf(stderr, "kfleet: unknown command '%s' (commands: hosts, facts, plan, version, help)\n",
             o.command);
     return KF_EXIT_USAGE;
 }

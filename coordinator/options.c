@@ -22,6 +22,9 @@ enum {
     OPT_NO_PROGRESS,
     OPT_VERSION,
     OPT_PRINT_PROBE,
+    OPT_CONFIG,
+    OPT_DRIVER,
+    OPT_PROFILE,
 };
 
 static const struct option long_opts[] = {
@@ -44,6 +47,9 @@ static const struct option long_opts[] = {
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {"print-probe", no_argument, NULL, OPT_PRINT_PROBE},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"driver", required_argument, NULL, OPT_DRIVER},
+    {"profile", required_argument, NULL, OPT_PROFILE},
     {NULL, 0, NULL, 0},
 };
 
@@ -57,6 +63,23 @@ void coord_usage(FILE *f, const char *command)
               "examples:\n"
               "  kfleet hosts -i inventory.yml\n"
               "  kfleet hosts -l 'gpu:&rack1:!gpu007' --json\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "plan") == 0) {
+        fputs("usage: kfleet plan --driver VERSION [--profile NAME] [-l PATTERN] [--json]\n"
+              "\n"
+              "From the stored facts (run kfleet facts first), lists the unique builds the\n"
+              "fleet needs: one per (profile, driver, kernel, architecture, distro), from every\n"
+              "running AND every installed-but-not-running kernel (the next reboot). Each is\n"
+              "stored already, to build, or not applicable with the reason. Nodes running the\n"
+              "same release with different kernel builds (uname -v) are reported.\n"
+              "The profile comes from --config (kfleet.yml); without one, 'nvidia' is the\n"
+              "NVIDIA driver's open kernel modules.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet plan --driver 550.54.15\n"
+              "  kfleet plan --driver 550.54.15 --profile lustre -l storage --json\n",
               f);
         return;
     }
@@ -88,6 +111,7 @@ void coord_usage(FILE *f, const char *command)
           "commands:\n"
           "  hosts        list the hosts an inventory pattern selects\n"
           "  facts        gather kernels, OS, GPUs and driver versions from every node\n"
+          "  plan         list the builds the fleet needs (from stored facts)\n"
           "  version      print the version\n"
           "  help [CMD]   this text, or a command's\n"
           "\n"
@@ -98,6 +122,10 @@ void coord_usage(FILE *f, const char *command)
           "                           union 'a:b' or 'a,b', intersection ':&b', exclusion ':!b'\n"
           "  -f, --forks N            SSH sessions at once (default 64)\n"
           "      --max-handshakes N   SSH handshakes in flight (default 32)\n"
+          "      --config FILE        kfleet.yml: build profiles, builders, store\n"
+          "                           (default $KFLEET_CONFIG, else ./kfleet.yml; optional)\n"
+          "      --driver VERSION     driver version to plan, build or deploy\n"
+          "      --profile NAME       build profile from the config (default nvidia)\n"
           "      --state DIR          state directory (default /var/lib/kfleet for root,\n"
           "                           else $XDG_STATE_HOME/kfleet)\n"
           "      --known-hosts FILE   known_hosts file (default ~/.ssh/known_hosts)\n"
@@ -182,6 +210,8 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
     o->progress = -1;
     env = getenv("KFLEET_INVENTORY");
     o->inventory = env && *env ? env : "inventory.yml";
+    env = getenv("KFLEET_CONFIG");
+    o->config = env && *env ? env : "kfleet.yml";
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":i:l:f:vh", long_opts, NULL)) != -1) {
@@ -231,6 +261,17 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             break;
         case OPT_JSON:
             o->json = 1;
+            break;
+        case OPT_CONFIG:
+            o->config = optarg;
+            break;
+        case OPT_DRIVER:
+            if (!inv_driver_version_valid(optarg))
+                bad = "--driver takes a driver version like 550.54.15";
+            o->driver = optarg;
+            break;
+        case OPT_PROFILE:
+            o->profile = optarg;
             break;
         case OPT_PRINT_PROBE:
             o->print_probe = 1;

@@ -2621,52 +2621,102 @@ out:
     return rc;
 }
 
-int inv_load_file(struct inventory *inv, const char *path, struct kf_err *err)
+/* Reads a whole YAML file (at most MAX_FILE bytes) into b; `what` names the
+ * file's role in messages ("inventory", "configuration"). */
+static int read_yaml_file(const char *path, const char *what, struct buf *b, struct kf_err *err)
 {
     char show_path[SHOW];
-    struct buf b;
     FILE *f = NULL;
     int rc = 0, e;
 
-    inv_init(inv);
-    kf_err_clear(err);
-    buf_init(&b, MAX_FILE);
     if (path == NULL)
-        return kf_err_set(err, KF_EINVAL, "inventory path is NULL");
+        return kf_err_set(err, KF_EINVAL, "%s path is NULL", what);
     kf_escape_to(show_path, sizeof(show_path), path, strlen(path));
     f = fopen(path, "rb");
     if (f == NULL) {
         e = errno;
-        rc = kf_err_set(err, e == ENOENT ? KF_ENOENT : KF_EIO, "%s: cannot read inventory: %s",
-                        show_path, strerror(e));
-        goto out;
+        return kf_err_set(err, e == ENOENT ? KF_ENOENT : KF_EIO, "%s: cannot read %s: %s",
+                          show_path, what, strerror(e));
     }
     for (;;) {
         char chunk[65536];
         size_t got = fread(chunk, 1, sizeof(chunk), f);
 
-        if (got > 0 && (rc = buf_append(&b, chunk, got)) < 0) {
+        if (got > 0 && (rc = buf_append(b, chunk, got)) < 0) {
             if (rc == KF_ETRUNC)
-                rc = kf_err_set(err, KF_EPARSE, "%s: inventory larger than %zu MiB", show_path,
+                rc = kf_err_set(err, KF_EPARSE, "%s: %s larger than %zu MiB", show_path, what,
                                 MAX_FILE >> 20);
             else
-                rc = kf_err_set(err, rc, "%s: out of memory reading inventory", show_path);
+                rc = kf_err_set(err, rc, "%s: out of memory reading %s", show_path, what);
             goto out;
         }
         if (got < sizeof(chunk)) {
             if (ferror(f)) {
                 e = errno;
-                rc = kf_err_set(err, KF_EIO, "%s: cannot read inventory: %s", show_path,
-                                strerror(e));
+                rc =
+                    kf_err_set(err, KF_EIO, "%s: cannot read %s: %s", show_path, what, strerror(e));
                 goto out;
             }
             break;
         }
     }
-    rc = inv_load_buffer(inv, path, b.data ? b.data : "", b.len, err);
 out:
-    if (f != NULL)
-        fclose(f);
+    fclose(f);
+    return rc;
+}
+
+int inv_load_file(struct inventory *inv, const char *path, struct kf_err *err)
+{
+    struct buf b;
+    int rc;
+
+    inv_init(inv);
+    kf_err_clear(err);
+    buf_init(&b, MAX_FILE);
+    rc = read_yaml_file(path, "inventory", &b, err);
+    if (rc == 0)
+        rc = inv_load_buffer(inv, path, b.data ? b.data : "", b.len, err);
+    buf_release(&b);
+    return rc;
+}
+
+int inv_yaml_to_json(const char *name, const char *data, size_t len, json_t **out,
+                     struct kf_err *err)
+{
+    struct kf_err local;
+    struct ld ld;
+    int rc;
+
+    *out = NULL;
+    if (err == NULL)
+        err = &local;
+    kf_err_clear(err);
+    memset(&ld, 0, sizeof(ld));
+    ld.err = err;
+    ld.root = NONE;
+    kf_escape_to(ld.file, sizeof(ld.file), name ? name : "<yaml>", strlen(name ? name : "<yaml>"));
+    rc = compose(&ld, data ? data : "", data ? len : 0);
+    if (rc == 0) {
+        if (ld.root == NONE)
+            *out = json_null(); /* an empty document */
+        else
+            rc = to_json(&ld, ld.root, 0, out);
+    }
+    ld_release(&ld);
+    return rc;
+}
+
+int inv_yaml_load_file(const char *path, json_t **out, struct kf_err *err)
+{
+    struct buf b;
+    int rc;
+
+    *out = NULL;
+    kf_err_clear(err);
+    buf_init(&b, MAX_FILE);
+    rc = read_yaml_file(path, "configuration", &b, err);
+    if (rc == 0)
+        rc = inv_yaml_to_json(path, b.data ? b.data : "", b.len, out, err);
     buf_release(&b);
     return rc;
 }

@@ -73,6 +73,15 @@ int inv_load_file(struct inventory *inv, const char *path, struct kf_err *err);
 int inv_load_buffer(struct inventory *inv, const char *name, const char *data, size_t len,
                     struct kf_err *err);
 
+/* Any YAML document (a configuration file) as JSON, with the inventory's
+ * rules: anchors and << merge keys, YAML 1.1 scalars as Ansible reads them,
+ * duplicate keys an error, alias bombs, depth and size bounded; errors say
+ * FILE:LINE:COL. An empty document gives JSON null. *out is a new
+ * reference. */
+int inv_yaml_to_json(const char *name, const char *data, size_t len, json_t **out,
+                     struct kf_err *err);
+int inv_yaml_load_file(const char *path, json_t **out, struct kf_err *err);
+
 const struct inv_host *inv_find_host(const struct inventory *inv, const char *name);
 const struct inv_group *inv_find_group(const struct inventory *inv, const char *name);
 

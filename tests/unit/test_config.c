@@ -1,0 +1,144 @@
+/* kfleet.yml: defaults, profiles, and precise errors naming file and key. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator.h"
+
+static int load_text(struct coord_config *c, const char *yaml, struct kf_err *err)
+{
+    char path[] = "/tmp/kfleet-cfg-XXXXXX";
+    int fd = mkstemp(path), rc;
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
+    close(fd);
+    rc = coord_config_load(c, path, "/var/lib/kfleet", err);
+    unlink(path);
+    return rc;
+}
+
+static void test_defaults_without_file(void **state)
+{
+    struct coord_config c;
+    struct kf_err err;
+    const struct coord_profile *p;
+
+    assert_int_equal(coord_config_load(&c, "/nonexistent/kfleet.yml", "/st", &err), 0);
+    assert_string_equal(c.store, "/st/store");
+    assert_string_equal(c.runtime, "podman");
+    assert_int_equal(c.nbuilders, 1);
+    assert_string_equal(c.builders[0].host, "local");
+    p = coord_config_profile(&c, "nvidia");
+    assert_non_null(p);
+    assert_int_equal(p->type, PROFILE_NVIDIA_RUN);
+    assert_int_equal(p->open, 1);
+    assert_int_equal(p->nmodules, 4);
+    assert_string_equal(p->modules[0], "nvidia");
+    assert_string_equal(p->modules[3], "nvidia-uvm");
+    assert_string_equal(p->headers_debian, "linux-headers-{kernel}");
+    coord_config_release(&c);
+}
+
+static void test_full_config(void **state)
+{
+    struct coord_config c;
+    struct kf_err err;
+    const struct coord_profile *p;
+
+    assert_int_equal(load_text(&c,
+                               "store: /srv/kfleet\n"
+                               "container:\n"
+                               "  runtime: docker\n"
+                               "  run_args: [--runtime, runc]\n"
+                               "builders:\n"
+                               "  - {host: local, slots: 2}\n"
+                               "  - {name: big, host: builder01, slots: 8}\n"
+                               "signing: {key: /k.pem, cert: /c.der, hash: sha384}\n"
+                               "profiles:\n"
+                               "  nvidia:\n"
+                               "    type: nvidia-run\n"
+                               "    flavor: proprietary\n"
+                               "    peermem: true\n"
+                               "    kernels: {min: \"5.15\", max: \"6.12\"}\n"
+                               "    make_vars: {IGNORE_CC_MISMATCH: 1, NV_VERBOSE: \"1\"}\n"
+                               "  lustre:\n"
+                               "    type: kmod\n"
+                               "    source: /src/lustre\n"
+                               "    modules: [lnet, ksocklnd, lustre]\n"
+                               "    arch: [x86_64]\n",
+                               &err),
+                     0);
+    assert_string_equal(c.store, "/srv/kfleet");
+    assert_string_equal(c.runtime, "docker");
+    assert_int_equal(c.nrun_args, 2);
+    assert_int_equal(c.nbuilders, 2);
+    assert_string_equal(c.builders[0].name, "local");
+    assert_int_equal(c.builders[1].slots, 8);
+    assert_string_equal(c.sign_hash, "sha384");
+    p = coord_config_profile(&c, "nvidia");
+    assert_int_equal(p->open, 0);
+    assert_int_equal(p->nmodules, 5);
+    assert_string_equal(p->modules[4], "nvidia-peermem");
+    assert_string_equal(p->kernel_min, "5.15");
+    assert_int_equal(p->nmake_vars, 2);
+    p = coord_config_profile(&c, "lustre");
+    assert_int_equal(p->type, PROFILE_KMOD);
+    assert_int_equal(p->nmodules, 3);
+    assert_string_equal(p->arches[0], "x86_64");
+    assert_null(coord_config_profile(&c, "zfs"));
+    coord_config_release(&c);
+}
+
+static void assert_bad(const char *yaml, const char *want)
+{
+    struct coord_config c;
+    struct kf_err err;
+
+    kf_err_clear(&err);
+    assert_int_not_equal(load_text(&c, yaml, &err), 0);
+    if (strstr(err.msg, want) == NULL)
+        fail_msg("error '%s' does not contain '%s'", err.msg, want);
+}
+
+static void test_errors(void **state)
+{
+    assert_bad("stor: /x\n", ": stor: unknown key");
+    assert_bad("profiles:\n  nv:\n    type: nvidia-run\n    sorce: /x\n",
+               "profiles.nv.sorce: unknown key");
+    assert_bad("profiles:\n  nv: {type: nvidia}\n", "type: expected nvidia-run");
+    assert_bad("profiles:\n  nv: {source: /x}\n", "'type' is required");
+    assert_bad("profiles:\n  nv: {type: kmod}\n", "a kmod profile lists its modules");
+    assert_bad("profiles:\n  nv: {type: kmod, modules: [\"a b\"]}\n", "is not a module name");
+    assert_bad("profiles:\n  nv: {type: nvidia-open, flavor: open}\n", "only an nvidia-run");
+    assert_bad("profiles:\n  nv: {type: nvidia-run, kernels: {min: 5.15}}\n",
+               "write versions in quotes");
+    assert_bad("profiles:\n  nv: {type: nvidia-run, kernels: {min: \"5.x\"}}\n",
+               "a bound is a version");
+    assert_bad("profiles:\n  nv: {type: nvidia-run, headers: {debian: linux-headers}}\n",
+               "must contain {kernel}");
+    assert_bad("profiles:\n  nv: {type: nvidia-run, make_vars: {\"A;B\": 1}}\n",
+               "not a make variable name");
+    assert_bad("builders:\n  - {host: b1, slots: 0}\n", "builders[1].slots");
+    assert_bad("signing: {key: /k.pem}\n", "give both key and cert");
+    assert_bad("signing: {key: /k, cert: /c, hash: md5}\n", "expected sha256");
+    assert_bad("- a\n- b\n", "expected a mapping");
+    assert_bad("profiles:\n  nv: {type: kmod}\n  nv: {type: kmod}\n", "duplicate");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_without_file),
+        cmocka_unit_test(test_full_config),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
