@@ -138,3 +138,44 @@ grep -q 'host key changed (hostkey)' "$WORK/human.txt" || fail "no host key grou
 grep -q 'INSTALLED, NOT RUNNING' "$WORK/human.txt" || fail "no installed-kernel section"
 if grep -q $'\033' "$WORK/human.txt"; then fail "escape sequence reached the report"; fi
 ok "human report grouped and folded"
+
+# kfleet plan from these facts: one build key per (kernel, arch, distro)
+# over every running and installed kernel of the nodes that answered,
+# derived here independently from the fleet's own description.
+kf plan --driver 550.54.15 --json >"$WORK/plan.json" 2>"$WORK/plan.err" || { cat "$WORK/plan.err"; fail "plan failed"; }
+printf 'profiles:\n  nv:\n    type: nvidia-run\n    kernels: {max: "6.6"}\n' >"$WORK/kfleet.yml"
+kf plan --driver 550.54.15 --config "$WORK/kfleet.yml" --json >"$WORK/plan-max.json" || fail "plan --config failed"
+sqlite3 "$WORK/state/state.db" "insert into artifacts(profile, driver, kernel, arch, os_id, os_version, path, sha256, size, created_at)
+	values('nvidia', '550.54.15', '6.1.0-47-amd64', 'x86_64', 'debian', '12', '/x', 'aa', 1, 0)"
+kf plan --driver 550.54.15 --json >"$WORK/plan-stored.json" || fail "plan after store failed"
+python3 - "$WORK/state/state.db" "$FLEET/expected.tsv" "$WORK/plan.json" "$WORK/plan-max.json" "$WORK/plan-stored.json" <<'PY' || fail "plan keys wrong"
+import json, sqlite3, sys
+# Nodes with good facts from any run so far (a later failure keeps them).
+ok = {r[0] for r in sqlite3.connect(sys.argv[1]).execute("select host from facts where last_ok_at is not null")}
+want = {}
+for l in open(sys.argv[2]):
+    if l.startswith("#"): continue
+    r = l.rstrip("\n").split("\t")
+    if r[0] not in ok: continue
+    for k in r[3].split(","):
+        want.setdefault((k, "x86_64", r[4], r[5]), set()).add(r[0])
+def keys(path):
+    d = json.load(open(path))
+    return d, {(k["kernel"], k["arch"], k["os"]["id"], k["os"]["version"]): k for k in d["keys"]}
+d, got = keys(sys.argv[3])
+assert set(got) == set(want), (sorted(set(got) ^ set(want)))
+for key, k in got.items():
+    assert set(k["hosts"]) == want[key], (key, k["hosts"])
+    assert k["status"] == "build", k
+    assert k["nodes_running"] + k["nodes_installed_only"] == len(k["hosts"])
+_, got = keys(sys.argv[4])
+for key, k in got.items():
+    newer = key[0].startswith("6.12")
+    assert k["status"] == ("n/a" if newer else "build"), k
+    assert (k["reason"] or "").startswith("kernel newer") == newer, k
+_, got = keys(sys.argv[5])
+for key, k in got.items():
+    assert k["status"] == ("stored" if key == ("6.1.0-47-amd64", "x86_64", "debian", "12") else "build"), k
+print(f"plan: {len(want)} build keys match the fleet's kernels")
+PY
+ok "plan: every running and installed kernel in exactly one build key; range and store respected"
