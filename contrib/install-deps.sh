@@ -14,7 +14,7 @@ libssl-dev libsqlite3-dev libyaml-dev libjansson-dev"
 # ssh-keygen) for the test fleet; util-linux for unshare; shellcheck for the
 # shell scripts; sqlite3 to inspect the state database from tests.
 TEST="libcmocka-dev openssh-server openssh-client util-linux procps shellcheck
-sqlite3 python3 jq sudo iproute2 clang-format"
+sqlite3 python3 jq sudo iproute2 clang-format openssl"
 # bench/: the tools an operator would otherwise use, measured in the same run.
 BENCH="pssh ansible-core time"
 
