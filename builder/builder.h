@@ -23,22 +23,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ------------------------------------------------------------------------ */
-/* Validators                                                                */
-
-#define BUILD_KREL_MAX 64    /* bytes of a kernel release (uname's limit) */
-#define BUILD_DRIVER_MAX 31  /* bytes of a driver version */
-#define BUILD_MODNAME_MAX 55 /* bytes of a module name (MODULE_NAME_LEN - 1) */
-
-/* Kernel release kfleet puts in a path, a script or a file name: a digit,
- * then at most 63 of [A-Za-z0-9._+-]. The same rule as inv_krel_valid(). */
-int build_krel_valid(const char *s);
-
-/* Driver version: digits and dots, 2 to 4 parts ("550.54.15"). */
-int build_driver_version_valid(const char *s);
-
-/* Module name: 1 to BUILD_MODNAME_MAX of [A-Za-z0-9_-]. */
-int build_modname_valid(const char *s);
+/* Values that reach paths, scripts and file names are checked with
+ * common/valid.h (kf_krel_valid, kf_driver_version_valid, kf_modname_valid). */
+#define BUILD_KREL_MAX KF_KREL_MAX
+#define BUILD_DRIVER_MAX KF_DRIVER_MAX
+#define BUILD_MODNAME_MAX KF_MODNAME_MAX
 
 /* ------------------------------------------------------------------------ */
 /* .modinfo                                                                  */
@@ -210,8 +199,8 @@ struct build_pkg {
     const char *topdir;         /* required: the archive's top directory,
                                    "nvidia-driver-550.54.15-kernel-6.1.0-41-amd64-x86_64"
                                    (see build_pkg_topdir) */
-    const char *driver_version; /* required, build_driver_version_valid */
-    const char *kernel_release; /* required, build_krel_valid */
+    const char *driver_version; /* required, kf_driver_version_valid */
+    const char *kernel_release; /* required, kf_krel_valid */
     const char *kernel_build;   /* uname -v of the target kernel */
     const char *arch;           /* required: "x86_64", [A-Za-z0-9_]+ */
     const char *os_id;          /* "debian" */

@@ -13,72 +13,7 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------------ */
-/* Validators                                                                */
-
-static int is_digit(int c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static int is_alnum(int c)
-{
-    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-int build_krel_valid(const char *s)
-{
-    size_t i, n;
-
-    if (s == NULL)
-        return 0;
-    n = strnlen(s, BUILD_KREL_MAX + 1);
-    if (n == 0 || n > BUILD_KREL_MAX || !is_digit((unsigned char)s[0]))
-        return 0;
-    for (i = 1; i < n; i++) {
-        int c = (unsigned char)s[i];
-        if (!is_alnum(c) && c != '.' && c != '-' && c != '_' && c != '+')
-            return 0;
-    }
-    return 1;
-}
-
-int build_driver_version_valid(const char *s)
-{
-    size_t i, n, parts = 1;
-    int after_dot = 1; /* so a leading '.' is rejected like "5..4" */
-
-    if (s == NULL)
-        return 0;
-    n = strnlen(s, BUILD_DRIVER_MAX + 1);
-    if (n == 0 || n > BUILD_DRIVER_MAX)
-        return 0;
-    for (i = 0; i < n; i++) {
-        if (is_digit((unsigned char)s[i])) {
-            after_dot = 0;
-        } else if (s[i] == '.' && !after_dot) {
-            after_dot = 1;
-            parts++;
-        } else {
-            return 0;
-        }
-    }
-    return !after_dot && parts >= 2 && parts <= 4;
-}
-
-int build_modname_valid(const char *s)
-{
-    size_t i, n;
-
-    if (s == NULL)
-        return 0;
-    n = strnlen(s, BUILD_MODNAME_MAX + 1);
-    if (n == 0 || n > BUILD_MODNAME_MAX)
-        return 0;
-    for (i = 0; i < n; i++)
-        if (!is_alnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
-            return 0;
-    return 1;
-}
+/* vermagic                                                                  */
 
 int build_vermagic_matches(const char *vermagic, const char *kernel_release)
 {
@@ -297,7 +232,7 @@ static int take_entry(struct build_modinfo *mi, const char *s, size_t n, const c
     }
     memcpy(dst, v, vlen);
     dst[vlen] = '\0';
-    if (fields[k].off == offsetof(struct build_modinfo, name) && !build_modname_valid(dst))
+    if (fields[k].off == offsetof(struct build_modinfo, name) && !kf_modname_valid(dst))
         return kf_err_set(err, KF_EUNTRUSTED, "%s: .modinfo: module name '%s' is not valid", what,
                           kf_escape_to(shown, sizeof(shown), v, vlen));
     return 0;

@@ -104,7 +104,7 @@ int build_module_inspect(const char *path, const char *kernel_release, uint64_t 
     memcpy(m->file, base, blen + 1);
     memcpy(m->name, base, blen - 3);
     m->name[blen - 3] = '\0';
-    if (!build_modname_valid(m->name)) {
+    if (!kf_modname_valid(m->name)) {
         rc = kf_err_set(err, KF_EUNTRUSTED, "%s: module file name '%s' is not valid", path,
                         kf_escape_to(shown, sizeof(shown), base, blen));
         goto out;

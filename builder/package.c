@@ -63,9 +63,9 @@ int build_pkg_topdir(char *out, size_t outsz, const char *driver, const char *ke
 
     if (outsz > 0)
         out[0] = '\0';
-    if (!build_driver_version_valid(driver))
+    if (!kf_driver_version_valid(driver))
         return kf_err_set(err, KF_EINVAL, "driver version not valid");
-    if (!build_krel_valid(kernel))
+    if (!kf_krel_valid(kernel))
         return kf_err_set(err, KF_EUNTRUSTED, "kernel release not valid");
     if (!arch_valid(arch))
         return kf_err_set(err, KF_EINVAL, "architecture not valid");
@@ -492,9 +492,9 @@ static int check_pkg(const struct build_pkg *p, struct kf_err *err)
         return kf_err_set(
             err, KF_EINVAL, "package top directory '%s' is not a valid name",
             p->topdir ? kf_escape_to(shown, sizeof(shown), p->topdir, strlen(p->topdir)) : "");
-    if (!build_driver_version_valid(p->driver_version))
+    if (!kf_driver_version_valid(p->driver_version))
         return kf_err_set(err, KF_EINVAL, "driver version is not digits and dots");
-    if (!build_krel_valid(p->kernel_release))
+    if (!kf_krel_valid(p->kernel_release))
         return kf_err_set(err, KF_EUNTRUSTED, "kernel release '%s' rejected",
                           p->kernel_release ? kf_escape_to(shown, sizeof(shown), p->kernel_release,
                                                            strlen(p->kernel_release))

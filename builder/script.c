@@ -58,14 +58,14 @@ static int check_mods(const struct build_module *mods, size_t n, struct kf_err *
         return kf_err_set(err, KF_EINVAL, "a package needs at least one module");
     for (i = 0; i < n; i++) {
         len = strnlen(mods[i].file, sizeof(mods[i].file));
-        if (!build_modname_valid(mods[i].name) || len <= 3 || len >= sizeof(mods[i].file) ||
+        if (!kf_modname_valid(mods[i].name) || len <= 3 || len >= sizeof(mods[i].file) ||
             strcmp(mods[i].file + len - 3, ".ko") != 0)
             return kf_err_set(err, KF_EUNTRUSTED, "module %zu: bad name or file name", i);
         {
             char stem[BUILD_MODNAME_MAX + 1];
             memcpy(stem, mods[i].file, len - 3);
             stem[len - 3] = '\0';
-            if (!build_modname_valid(stem))
+            if (!kf_modname_valid(stem))
                 return kf_err_set(err, KF_EUNTRUSTED, "module %zu: bad file name", i);
         }
         if (!sha_valid(mods[i].sha256))
@@ -223,9 +223,9 @@ static int put_header(struct buf *b, const char *me, const char *kernel, const c
 static int check_common(const char *kernel, const char *driver, const struct build_module *mods,
                         size_t n, struct kf_err *err)
 {
-    if (!build_krel_valid(kernel))
+    if (!kf_krel_valid(kernel))
         return kf_err_set(err, KF_EUNTRUSTED, "kernel release not valid for a script");
-    if (!build_driver_version_valid(driver))
+    if (!kf_driver_version_valid(driver))
         return kf_err_set(err, KF_EUNTRUSTED, "driver version not valid for a script");
     return check_mods(mods, n, err);
 }

@@ -6,6 +6,7 @@
 #include "error.h"
 #include "log.h"
 #include "text.h"
+#include "valid.h"
 
 #define KF_VERSION "0.1.0"
 

@@ -205,7 +205,7 @@ static int plan_collect(struct coord_db *db, const struct inventory *inv, const 
             rows++;
             /* The database holds only validated facts; check again anyway:
              * a release goes into paths and commands from here on. */
-            if (rel == NULL || !inv_krel_valid(rel))
+            if (rel == NULL || !kf_krel_valid(rel))
                 continue;
             k = plan_get(pl, rel, arch ? arch : "", os_id ? os_id : "", os_ver ? os_ver : "",
                          &created);
@@ -364,7 +364,7 @@ int cmd_plan(struct coord_opts *o)
     coord_config_init(&cfg);
     coord_groups_init(&nofacts);
     kf_err_clear(&err);
-    if (o->driver == NULL || !inv_driver_version_valid(o->driver)) {
+    if (o->driver == NULL || !kf_driver_version_valid(o->driver)) {
         fprintf(stderr, "kfleet: plan needs --driver VERSION, like --driver 550.54.15\n");
         return KF_EXIT_USAGE;
     }

@@ -151,15 +151,6 @@ void coord_strv_free(char **v, size_t n)
     free(v);
 }
 
-int coord_module_name_valid(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 55)
-        return 0;
-    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
-}
-
 static int kernel_bound_valid(const char *s)
 {
     size_t n = strlen(s);
@@ -217,7 +208,7 @@ static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct 
     p->name = strdup(name);
     if (p->name == NULL)
         return kf_err_set(x->err, KF_ENOMEM, "out of memory");
-    if (!coord_module_name_valid(name))
+    if (!kf_modname_valid(name))
         return bad(x, path, "a profile name is letters, digits, '-' and '_'");
     if (!json_is_object(v))
         return bad(x, path, "expected a mapping");
@@ -255,7 +246,7 @@ static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct 
     }
     if ((rc = get_string(x, v, path, "source", &p->source)) < 0 ||
         (rc = get_bool(x, v, path, "peermem", &p->peermem)) < 0 ||
-        (rc = get_strv(x, v, path, "modules", coord_module_name_valid, "a module name", &p->modules,
+        (rc = get_strv(x, v, path, "modules", kf_modname_valid, "a module name", &p->modules,
                        &p->nmodules)) < 0 ||
         (rc = get_strv(x, v, path, "arch", arch_valid, "an architecture like x86_64", &p->arches,
                        &p->narches)) < 0)

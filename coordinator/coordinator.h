@@ -101,8 +101,6 @@ int coord_config_load(struct coord_config *c, const char *path, const char *stat
                       struct kf_err *err);
 const struct coord_profile *coord_config_profile(const struct coord_config *c, const char *name);
 void coord_strv_free(char **v, size_t n);
-/* Kernel module names: letters, digits, '-', '_', at most 55 bytes. */
-int coord_module_name_valid(const char *s);
 
 /* --- state database (db.c) ------------------------------------------------ */
 

@@ -266,7 +266,7 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             o->config = optarg;
             break;
         case OPT_DRIVER:
-            if (!inv_driver_version_valid(optarg))
+            if (!kf_driver_version_valid(optarg))
                 bad = "--driver takes a driver version like 550.54.15";
             o->driver = optarg;
             break;

@@ -288,52 +288,6 @@ static int lines_next(struct lines *it, const char **line, size_t *n)
 /* ------------------------------------------------------------------------ */
 /* Validators                                                                */
 
-static int krel_valid_n(const char *s, size_t n)
-{
-    size_t i;
-
-    if (n == 0 || n > INV_KREL_MAX || !is_digit((unsigned char)s[0]))
-        return 0;
-    for (i = 1; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!is_digit(c) && !is_alpha(c) && c != '.' && c != '-' && c != '_' && c != '+')
-            return 0;
-    }
-    return 1;
-}
-
-int inv_krel_valid(const char *s)
-{
-    return s != NULL && krel_valid_n(s, strnlen(s, INV_KREL_MAX + 1));
-}
-
-#define DRIVER_VERSION_MAX 31
-
-static int driver_valid_n(const char *s, size_t n)
-{
-    size_t i, parts = 1;
-    int after_dot = 1; /* so a leading '.' is rejected like "5..4" */
-
-    if (n == 0 || n > DRIVER_VERSION_MAX)
-        return 0;
-    for (i = 0; i < n; i++) {
-        if (is_digit((unsigned char)s[i])) {
-            after_dot = 0;
-        } else if (s[i] == '.' && !after_dot) {
-            after_dot = 1;
-            parts++;
-        } else {
-            return 0;
-        }
-    }
-    return !after_dot && parts >= 2 && parts <= 4;
-}
-
-int inv_driver_version_valid(const char *s)
-{
-    return s != NULL && driver_valid_n(s, strnlen(s, DRIVER_VERSION_MAX + 1));
-}
-
 static int nonce_valid(const char *s)
 {
     size_t n, i;
@@ -549,7 +503,7 @@ static int parse_uname(const struct sections *sec, struct inv_facts *f, struct k
     size_t n, i;
 
     sec_value(sec, SEC_UNAME_R, &p, &n);
-    if (!krel_valid_n(p, n))
+    if (!kf_krel_valid_n(p, n))
         return kf_err_set(err, KF_EUNTRUSTED,
                           "running kernel release '%s' rejected: expected a digit then letters, "
                           "digits, '.', '-', '_' or '+', at most %d bytes",
@@ -749,7 +703,7 @@ static int parse_kernels(const struct sections *sec, struct inv_facts *f, struct
         while (sp > 0 && line[sp - 1] != ' ')
             sp--;
         flags = sp > 0 ? kernel_flags(line + sp, n - sp) : -1;
-        if (flags < 0 || !krel_valid_n(line, sp - 1)) {
+        if (flags < 0 || !kf_krel_valid_n(line, sp - 1)) {
             log_debug("facts: ignoring kernel entry '%s'",
                       kf_escape_to(show, sizeof(show), line, n));
             continue;
@@ -789,7 +743,7 @@ static void parse_loaded_driver(const struct sections *sec, struct inv_facts *f)
 
     if (sec->seen[SEC_NVIDIA_MODULE]) {
         sec_value(sec, SEC_NVIDIA_MODULE, &p, &n);
-        if (driver_valid_n(p, n)) {
+        if (kf_driver_version_valid_n(p, n)) {
             copy_span(f->loaded_driver, sizeof(f->loaded_driver), p, n);
             return;
         }
@@ -801,7 +755,7 @@ static void parse_loaded_driver(const struct sections *sec, struct inv_facts *f)
         return;
     nt = split_ws(p, n, t, sizeof(t) / sizeof(t[0]));
     for (i = 0; i < nt && i < sizeof(t) / sizeof(t[0]); i++) {
-        if (driver_valid_n(t[i].p, t[i].n)) {
+        if (kf_driver_version_valid_n(t[i].p, t[i].n)) {
             copy_span(f->loaded_driver, sizeof(f->loaded_driver), t[i].p, t[i].n);
             return;
         }
@@ -832,7 +786,7 @@ static void parse_userspace_driver(const struct sections *sec, struct inv_facts 
         }
         while (first != NULL && first_n > 0 && first[first_n - 1] == ' ')
             first_n--;
-        if (status == 0 && first != NULL && driver_valid_n(first, first_n)) {
+        if (status == 0 && first != NULL && kf_driver_version_valid_n(first, first_n)) {
             copy_span(f->userspace_driver, sizeof(f->userspace_driver), first, first_n);
             return;
         }
@@ -843,7 +797,7 @@ static void parse_userspace_driver(const struct sections *sec, struct inv_facts 
     it.left = sec->n[SEC_LIBNVIDIA_ML];
     while (lines_next(&it, &line, &n)) {
         static const char lib[] = "libnvidia-ml.so.";
-        char ver[DRIVER_VERSION_MAX + 1];
+        char ver[KF_DRIVER_MAX + 1];
         size_t base = n;
         while (base > 0 && line[base - 1] != '/')
             base--;
@@ -852,7 +806,7 @@ static void parse_userspace_driver(const struct sections *sec, struct inv_facts 
         line += base + strlen(lib);
         n -= base + strlen(lib);
         /* libnvidia-ml.so.1 is the soname link; only X.Y[.Z] names count. */
-        if (!driver_valid_n(line, n))
+        if (!kf_driver_version_valid_n(line, n))
             continue;
         copy_span(ver, sizeof(ver), line, n);
         if (f->userspace_driver[0] == '\0' || vercmp(ver, f->userspace_driver) > 0)
@@ -1070,11 +1024,11 @@ static void parse_kfleet_state(const struct sections *sec, struct inv_facts *f)
     while (lines_next(&it, &line, &n)) {
         if (span_starts(line, n, "driver=")) {
             f->kfleet_driver[0] = '\0';
-            if (driver_valid_n(line + 7, n - 7))
+            if (kf_driver_version_valid_n(line + 7, n - 7))
                 copy_span(f->kfleet_driver, sizeof(f->kfleet_driver), line + 7, n - 7);
         } else if (span_starts(line, n, "kernel=")) {
             f->kfleet_release[0] = '\0';
-            if (krel_valid_n(line + 7, n - 7))
+            if (kf_krel_valid_n(line + 7, n - 7))
                 copy_span(f->kfleet_release, sizeof(f->kfleet_release), line + 7, n - 7);
         }
     }

@@ -105,18 +105,12 @@ int inv_select(const struct inventory *inv, const char *pattern, size_t **idx, s
 /* ------------------------------------------------------------------------ */
 /* Facts                                                                     */
 
-#define INV_KREL_MAX 64 /* bytes of a kernel release, as uname's limit */
+#define INV_KREL_MAX KF_KREL_MAX /* bytes of a kernel release, as uname's limit */
 #define INV_FACTS_MAX_KERNELS 64
 #define INV_FACTS_MAX_GPUS 64
 
-/* True if s is a kernel release kfleet will use in a path, a file name, a
- * command or SQL: a digit, then letters, digits, '.', '-', '_', '+', at
- * most INV_KREL_MAX bytes in all. */
-int inv_krel_valid(const char *s);
-
-/* True if s looks like a driver version: digits and dots, 2 to 4 parts
- * ("550.54.15"), at most 31 bytes. */
-int inv_driver_version_valid(const char *s);
+/* Kernel releases and driver versions are checked with common/valid.h
+ * (kf_krel_valid, kf_driver_version_valid) before any use. */
 
 enum inv_tristate { INV_UNKNOWN = 0, INV_YES, INV_NO };
 
@@ -163,7 +157,7 @@ struct inv_facts {
 int inv_facts_command(const char *nonce, int become, const char *become_user, char **cmd);
 
 /* Parses the probe's stdout. Everything in it is untrusted: a kernel
- * release that fails inv_krel_valid(), a missing section, or a malformed
+ * release that fails kf_krel_valid(), a missing section, or a malformed
  * line is KF_EUNTRUSTED / KF_EPARSE with a display-safe message naming the
  * section and value ("running kernel release '6.1\x1b[2J' rejected: ..."). */
 int inv_facts_parse(const char *out, size_t len, const char *nonce, struct inv_facts *f,

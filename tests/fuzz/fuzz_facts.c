@@ -26,20 +26,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
         return 0;
     }
-    if (!inv_krel_valid(f.kernel) || f.nkernels == 0 || f.nkernels > INV_FACTS_MAX_KERNELS ||
+    if (!kf_krel_valid(f.kernel) || f.nkernels == 0 || f.nkernels > INV_FACTS_MAX_KERNELS ||
         f.ngpus > INV_FACTS_MAX_GPUS)
         abort();
     for (i = 0; i < f.nkernels; i++) {
-        if (!inv_krel_valid(f.kernels[i].release))
+        if (!kf_krel_valid(f.kernels[i].release))
             abort();
         running += f.kernels[i].running;
     }
     if (running != 1)
         abort();
-    if ((f.loaded_driver[0] && !inv_driver_version_valid(f.loaded_driver)) ||
-        (f.userspace_driver[0] && !inv_driver_version_valid(f.userspace_driver)) ||
-        (f.kfleet_driver[0] && !inv_driver_version_valid(f.kfleet_driver)) ||
-        (f.kfleet_release[0] && !inv_krel_valid(f.kfleet_release)))
+    if ((f.loaded_driver[0] && !kf_driver_version_valid(f.loaded_driver)) ||
+        (f.userspace_driver[0] && !kf_driver_version_valid(f.userspace_driver)) ||
+        (f.kfleet_driver[0] && !kf_driver_version_valid(f.kfleet_driver)) ||
+        (f.kfleet_release[0] && !kf_krel_valid(f.kfleet_release)))
         abort();
     j = inv_facts_to_json(&f);
     if (j == NULL)

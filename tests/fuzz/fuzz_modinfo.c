@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_field(mi.srcversion, sizeof(mi.srcversion));
         check_field(mi.license, sizeof(mi.license));
         check_field(mi.depends, sizeof(mi.depends));
-        if (mi.name[0] != '\0' && !build_modname_valid(mi.name))
+        if (mi.name[0] != '\0' && !kf_modname_valid(mi.name))
             abort();
         if (mi.elf_class != 32 && mi.elf_class != 64)
             abort();

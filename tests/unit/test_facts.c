@@ -120,45 +120,45 @@ static char *json_of(const struct inv_facts *f)
 static void test_krel_valid(void **state)
 {
     (void)state;
-    assert_true(inv_krel_valid("6.1.0-41-amd64"));
-    assert_true(inv_krel_valid("5.14.0-362.8.1.el9_3.x86_64"));
-    assert_true(inv_krel_valid("6.12.38+deb12-amd64"));
-    assert_true(inv_krel_valid("6.8.0-1015-nvidia"));
-    assert_true(inv_krel_valid("0-rescue-6a1f0e9b"));
-    assert_true(inv_krel_valid("1234567890123456789012345678901234567890123456789012345678901234"));
+    assert_true(kf_krel_valid("6.1.0-41-amd64"));
+    assert_true(kf_krel_valid("5.14.0-362.8.1.el9_3.x86_64"));
+    assert_true(kf_krel_valid("6.12.38+deb12-amd64"));
+    assert_true(kf_krel_valid("6.8.0-1015-nvidia"));
+    assert_true(kf_krel_valid("0-rescue-6a1f0e9b"));
+    assert_true(kf_krel_valid("1234567890123456789012345678901234567890123456789012345678901234"));
     assert_false(
-        inv_krel_valid("12345678901234567890123456789012345678901234567890123456789012345"));
-    assert_false(inv_krel_valid(NULL));
-    assert_false(inv_krel_valid(""));
-    assert_false(inv_krel_valid("v6.1"));
-    assert_false(inv_krel_valid("-6.1"));
-    assert_false(inv_krel_valid("6.1/../x"));
-    assert_false(inv_krel_valid("6.1 x"));
-    assert_false(inv_krel_valid("6.1;x"));
-    assert_false(inv_krel_valid("6.1\n"));
-    assert_false(inv_krel_valid("6.1~rc1"));
-    assert_false(inv_krel_valid("6.1\xc3\xa9"));
+        kf_krel_valid("12345678901234567890123456789012345678901234567890123456789012345"));
+    assert_false(kf_krel_valid(NULL));
+    assert_false(kf_krel_valid(""));
+    assert_false(kf_krel_valid("v6.1"));
+    assert_false(kf_krel_valid("-6.1"));
+    assert_false(kf_krel_valid("6.1/../x"));
+    assert_false(kf_krel_valid("6.1 x"));
+    assert_false(kf_krel_valid("6.1;x"));
+    assert_false(kf_krel_valid("6.1\n"));
+    assert_false(kf_krel_valid("6.1~rc1"));
+    assert_false(kf_krel_valid("6.1\xc3\xa9"));
 }
 
 static void test_driver_version_valid(void **state)
 {
     (void)state;
-    assert_true(inv_driver_version_valid("550.54.15"));
-    assert_true(inv_driver_version_valid("470.82.01"));
-    assert_true(inv_driver_version_valid("396.26"));
-    assert_true(inv_driver_version_valid("1.2.3.4"));
-    assert_false(inv_driver_version_valid("1.2.3.4.5"));
-    assert_false(inv_driver_version_valid("550"));
-    assert_false(inv_driver_version_valid(""));
-    assert_false(inv_driver_version_valid(NULL));
-    assert_false(inv_driver_version_valid(".550.54"));
-    assert_false(inv_driver_version_valid("550.54."));
-    assert_false(inv_driver_version_valid("550..54"));
-    assert_false(inv_driver_version_valid("550.54.15 "));
-    assert_false(inv_driver_version_valid("550.54.15-1"));
-    assert_false(inv_driver_version_valid("v550.54"));
-    assert_true(inv_driver_version_valid("1234567890.1234567890.123456789")); /* 31 bytes */
-    assert_false(inv_driver_version_valid("1234567890.1234567890.1234567890"));
+    assert_true(kf_driver_version_valid("550.54.15"));
+    assert_true(kf_driver_version_valid("470.82.01"));
+    assert_true(kf_driver_version_valid("396.26"));
+    assert_true(kf_driver_version_valid("1.2.3.4"));
+    assert_false(kf_driver_version_valid("1.2.3.4.5"));
+    assert_false(kf_driver_version_valid("550"));
+    assert_false(kf_driver_version_valid(""));
+    assert_false(kf_driver_version_valid(NULL));
+    assert_false(kf_driver_version_valid(".550.54"));
+    assert_false(kf_driver_version_valid("550.54."));
+    assert_false(kf_driver_version_valid("550..54"));
+    assert_false(kf_driver_version_valid("550.54.15 "));
+    assert_false(kf_driver_version_valid("550.54.15-1"));
+    assert_false(kf_driver_version_valid("v550.54"));
+    assert_true(kf_driver_version_valid("1234567890.1234567890.123456789")); /* 31 bytes */
+    assert_false(kf_driver_version_valid("1234567890.1234567890.1234567890"));
 }
 
 /* ------------------------------------------------------------------------ */

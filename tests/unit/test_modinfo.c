@@ -217,37 +217,36 @@ static int parse(const unsigned char *p, size_t n, struct build_modinfo *mi, str
 static void test_validators(void **state)
 {
     (void)state;
-    assert_true(build_krel_valid("6.1.0-41-amd64"));
-    assert_true(build_krel_valid("5.14.0-427.13.1.el9_4.x86_64"));
-    assert_true(build_krel_valid("6.8.0-1015-aws+"));
-    assert_false(build_krel_valid(""));
-    assert_false(build_krel_valid(NULL));
-    assert_false(build_krel_valid("v6.1"));
-    assert_false(build_krel_valid("6.1 x"));
-    assert_false(build_krel_valid("6.1/../x"));
-    assert_false(build_krel_valid("6.1;reboot"));
-    assert_false(build_krel_valid("6.1'x"));
-    assert_true(
-        build_krel_valid("6123456789012345678901234567890123456789012345678901234567890123"));
+    assert_true(kf_krel_valid("6.1.0-41-amd64"));
+    assert_true(kf_krel_valid("5.14.0-427.13.1.el9_4.x86_64"));
+    assert_true(kf_krel_valid("6.8.0-1015-aws+"));
+    assert_false(kf_krel_valid(""));
+    assert_false(kf_krel_valid(NULL));
+    assert_false(kf_krel_valid("v6.1"));
+    assert_false(kf_krel_valid("6.1 x"));
+    assert_false(kf_krel_valid("6.1/../x"));
+    assert_false(kf_krel_valid("6.1;reboot"));
+    assert_false(kf_krel_valid("6.1'x"));
+    assert_true(kf_krel_valid("6123456789012345678901234567890123456789012345678901234567890123"));
     assert_false(
-        build_krel_valid("61234567890123456789012345678901234567890123456789012345678901234"));
+        kf_krel_valid("61234567890123456789012345678901234567890123456789012345678901234"));
 
-    assert_true(build_driver_version_valid("550.54.15"));
-    assert_true(build_driver_version_valid("535.183"));
-    assert_false(build_driver_version_valid("550"));
-    assert_false(build_driver_version_valid("550..15"));
-    assert_false(build_driver_version_valid(".550.1"));
-    assert_false(build_driver_version_valid("550.1."));
-    assert_false(build_driver_version_valid("550.1-beta"));
-    assert_false(build_driver_version_valid(NULL));
+    assert_true(kf_driver_version_valid("550.54.15"));
+    assert_true(kf_driver_version_valid("535.183"));
+    assert_false(kf_driver_version_valid("550"));
+    assert_false(kf_driver_version_valid("550..15"));
+    assert_false(kf_driver_version_valid(".550.1"));
+    assert_false(kf_driver_version_valid("550.1."));
+    assert_false(kf_driver_version_valid("550.1-beta"));
+    assert_false(kf_driver_version_valid(NULL));
 
-    assert_true(build_modname_valid("nvidia_drm"));
-    assert_true(build_modname_valid("nvidia-drm"));
-    assert_false(build_modname_valid(""));
-    assert_false(build_modname_valid("nvidia drm"));
-    assert_false(build_modname_valid("../nvidia"));
-    assert_false(build_modname_valid("nvidia.ko"));
-    assert_false(build_modname_valid("n$(x)"));
+    assert_true(kf_modname_valid("nvidia_drm"));
+    assert_true(kf_modname_valid("nvidia-drm"));
+    assert_false(kf_modname_valid(""));
+    assert_false(kf_modname_valid("nvidia drm"));
+    assert_false(kf_modname_valid("../nvidia"));
+    assert_false(kf_modname_valid("nvidia.ko"));
+    assert_false(kf_modname_valid("n$(x)"));
 }
 
 static void test_vermagic_matches(void **state)
@@ -531,7 +530,7 @@ static void test_mutations(void **state)
                 if (build_modinfo_parse(p, n, names[k], &mi, &err) == 0) {
                     assert_true(memchr(mi.vermagic, 0, sizeof(mi.vermagic)) != NULL);
                     assert_true(memchr(mi.depends, 0, sizeof(mi.depends)) != NULL);
-                    assert_true(mi.name[0] == '\0' || build_modname_valid(mi.name));
+                    assert_true(mi.name[0] == '\0' || kf_modname_valid(mi.name));
                 } else {
                     assert_display_safe(err.msg);
                 }
