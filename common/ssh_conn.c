@@ -372,11 +372,7 @@ static void set_state(struct ssh_conn *c, enum conn_state s)
 
 static void conn_free(struct ssh_conn *c)
 {
-    size_t i;
-
-    for (i = 0; i < c->nkeys; i++)
-        free(c->keys[i]);
-    free(c->keys);
+    kf_strv_free(c->keys, c->nkeys);
     free(c->name);
     free(c->host);
     free(c->user);

@@ -3,6 +3,7 @@
 #include "error.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int kf_shquote(struct buf *b, const char *s)
@@ -51,4 +52,15 @@ const char *kf_escape_to(char *out, size_t outsz, const char *s, size_t n)
     snprintf(out, outsz, "%s", buf_cstr(&b));
     buf_release(&b);
     return out;
+}
+
+void kf_strv_free(char **v, size_t n)
+{
+    size_t i;
+
+    if (v == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
 }

@@ -31,4 +31,7 @@ const char *kf_escape_to(char *out, size_t outsz, const char *s, size_t n);
  * Appends to b; returns 0 or KF_ENOMEM. */
 int kf_hostfold(struct buf *b, const char *const *names, size_t n);
 
+/* Frees an array of n malloc'ed strings and the array. NULL is a no-op. */
+void kf_strv_free(char **v, size_t n);
+
 #endif

@@ -118,7 +118,7 @@ static int get_strv(struct cfg_ctx *x, json_t *obj, const char *path, const char
     snprintf(p, sizeof(p), "%s.%s", path, key);
     if (!json_is_array(v))
         return bad(x, p, "expected a list");
-    coord_strv_free(*out, *n);
+    kf_strv_free(*out, *n);
     *out = calloc(json_array_size(v) + 1, sizeof(char *));
     *n = 0;
     if (*out == NULL)
@@ -138,17 +138,6 @@ static int get_strv(struct cfg_ctx *x, json_t *obj, const char *path, const char
         (*n)++;
     }
     return 0;
-}
-
-void coord_strv_free(char **v, size_t n)
-{
-    size_t i;
-
-    if (v == NULL)
-        return;
-    for (i = 0; i < n; i++)
-        free(v[i]);
-    free(v);
 }
 
 static int kernel_bound_valid(const char *s)
@@ -184,8 +173,8 @@ static void profile_release(struct coord_profile *p)
     free(p->kernel_max);
     free(p->headers_debian);
     free(p->headers_rhel);
-    coord_strv_free(p->modules, p->nmodules);
-    coord_strv_free(p->arches, p->narches);
+    kf_strv_free(p->modules, p->nmodules);
+    kf_strv_free(p->arches, p->narches);
     for (i = 0; i < p->nmake_vars; i++) {
         free(p->make_vars[i].name);
         free(p->make_vars[i].value);
@@ -393,7 +382,7 @@ void coord_config_release(struct coord_config *c)
     free(c->path);
     free(c->store);
     free(c->runtime);
-    coord_strv_free(c->run_args, c->nrun_args);
+    kf_strv_free(c->run_args, c->nrun_args);
     free(c->sign_key);
     free(c->sign_cert);
     free(c->sign_hash);

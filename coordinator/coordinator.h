@@ -100,7 +100,6 @@ void coord_config_release(struct coord_config *c);
 int coord_config_load(struct coord_config *c, const char *path, const char *state_dir,
                       struct kf_err *err);
 const struct coord_profile *coord_config_profile(const struct coord_config *c, const char *name);
-void coord_strv_free(char **v, size_t n);
 
 /* --- state database (db.c) ------------------------------------------------ */
 

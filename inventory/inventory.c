@@ -1685,7 +1685,7 @@ static int walk_hosts(struct ld *ld, size_t gi, size_t ni, int depth)
             rc = nomem(ld);
             goto out;
         }
-        inv_strv_free(names, nnames);
+        kf_strv_free(names, nnames);
         names = NULL;
         nnames = 0;
         if ((rc = inv_expand_range(pattern, &names, &nnames, ld->err)) < 0) {
@@ -1750,7 +1750,7 @@ static int walk_hosts(struct ld *ld, size_t gi, size_t ni, int depth)
 out:
     json_decref(vars);
     json_decref(vlocs);
-    inv_strv_free(names, nnames);
+    kf_strv_free(names, nnames);
     free(pattern);
     free(ps.p);
     return rc;

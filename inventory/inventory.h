@@ -88,10 +88,9 @@ const struct inv_group *inv_find_group(const struct inventory *inv, const char *
 /* Expands Ansible host ranges: "gpu[01:03]" -> gpu01 gpu02 gpu03,
  * "node[a:c]", "x[0:10:5]" (stride), several ranges in one name. The
  * result (*out, *n) is a malloc'ed array of malloc'ed strings; free with
- * inv_strv_free. More than INV_RANGE_MAX names is an error. */
+ * kf_strv_free. More than INV_RANGE_MAX names is an error. */
 #define INV_RANGE_MAX 1000000
 int inv_expand_range(const char *pattern, char ***out, size_t *n, struct kf_err *err);
-void inv_strv_free(char **v, size_t n);
 
 /* Selects hosts with an Ansible host pattern (what --limit takes):
  * "all" or "*", a group, a host, globs ("gpu0*"), "~regex" (POSIX ERE),

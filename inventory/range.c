@@ -299,19 +299,8 @@ int inv_expand_range(const char *pattern, char ***out, size_t *n, struct kf_err 
     names = NULL; /* transferred */
 out:
     if (names != NULL)
-        inv_strv_free(names, total);
+        kf_strv_free(names, total);
     free(odo);
     free(parts);
     return rc;
-}
-
-void inv_strv_free(char **v, size_t n)
-{
-    size_t i;
-
-    if (v == NULL)
-        return;
-    for (i = 0; i < n; i++)
-        free(v[i]);
-    free(v);
 }

@@ -74,7 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         line[i] = '\0';
         if (inv_expand_range(line, &names, &n, &err) == 0 && n == 0)
             abort();
-        inv_strv_free(names, n);
+        kf_strv_free(names, n);
     }
     return 0;
 }

@@ -1171,7 +1171,7 @@ static void expect_range(const char *pattern, const char *names)
     if (inv_expand_range(pattern, &v, &n, &err) != 0)
         fail_msg("'%s': %s", pattern, err.msg);
     assert_string_equal(joined(v, n), names);
-    inv_strv_free(v, n);
+    kf_strv_free(v, n);
 }
 
 static void expect_range_error(const char *pattern, const char *msg)
@@ -1259,8 +1259,8 @@ static void test_expand_range_max(void **state)
     assert_int_equal(n, INV_RANGE_MAX);
     assert_string_equal(v[0], "h1");
     assert_string_equal(v[n - 1], "h1000000");
-    inv_strv_free(v, n);
-    inv_strv_free(NULL, 0);
+    kf_strv_free(v, n);
+    kf_strv_free(NULL, 0);
 }
 
 int main(void)
