@@ -133,12 +133,32 @@ static void test_errors(void **state)
     assert_bad("profiles:\n  nv: {type: kmod}\n  nv: {type: kmod}\n", "duplicate");
 }
 
+/* The documented example must stay loadable and mean what it says. */
+static void test_contrib_example(void **state)
+{
+    struct coord_config c;
+    struct kf_err err;
+    const struct coord_profile *p;
+
+    assert_int_equal(coord_config_load(&c, KF_FIXTURES "/../../contrib/kfleet.yml", "/st", &err),
+                     0);
+    assert_string_equal(c.runtime, "podman");
+    assert_int_equal(c.nrun_args, 6);
+    assert_int_equal(c.builders[0].slots, 2);
+    p = coord_config_profile(&c, "nvidia");
+    assert_non_null(p);
+    assert_int_equal(p->open, 1);
+    assert_int_equal(p->nmodules, 4);
+    coord_config_release(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_without_file),
         cmocka_unit_test(test_full_config),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_contrib_example),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
