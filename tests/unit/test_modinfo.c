@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "builder.h"
+#include "testutil.h"
 
 #include <elf.h>
 #include <errno.h>
@@ -36,36 +37,12 @@ static char *fixture_path(const char *name)
     return path;
 }
 
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    struct buf b;
-    char chunk[4096];
-    size_t n;
-    FILE *fp = fopen(path, "rb");
-
-    assert_non_null(fp);
-    buf_init(&b, 0);
-    while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0)
-        assert_int_equal(buf_append(&b, chunk, n), 0);
-    fclose(fp);
-    return (unsigned char *)buf_detach(&b, len);
-}
-
-static void write_all(const char *path, const void *p, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-
-    assert_non_null(fp);
-    assert_int_equal(fwrite(p, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
-
 static void copy_file(const char *from, const char *to)
 {
     size_t n;
-    unsigned char *p = read_all(from, &n);
+    unsigned char *p = kft_read_all(from, &n);
 
-    write_all(to, p, n);
+    kft_write_all(to, p, n);
     free(p);
 }
 
@@ -76,36 +53,6 @@ static void assert_display_safe(const char *msg)
     for (p = (const unsigned char *)msg; *p; p++)
         if (*p < 0x20 || *p >= 0x7f)
             fail_msg("raw byte 0x%02x in message: %s", *p, msg);
-}
-
-static char tmpdir[64];
-
-static int setup_tmp(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kf-modinfo-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
-    return 0;
-}
-
-static int teardown_tmp(void **state)
-{
-    char cmd[128];
-
-    (void)state;
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    assert_int_equal(system(cmd), 0);
-    return 0;
-}
-
-static const char *tmp(const char *name)
-{
-    static char path[4][256];
-    static int next;
-
-    next = (next + 1) % 4;
-    snprintf(path[next], sizeof(path[next]), "%s/%s", tmpdir, name);
-    return path[next];
 }
 
 /* Stores v as an n-byte integer at p in the given byte order. */
@@ -407,7 +354,7 @@ static void test_hostile_headers(void **state)
     size_t n;
 
     (void)state;
-    orig = read_all(fixture_path("nvidia.ko"), &n);
+    orig = kft_read_all(fixture_path("nvidia.ko"), &n);
     layout64(orig, n, &l);
     assert_int_equal(parse(orig, n, &ref, &err), 0);
     p = malloc(n);
@@ -493,7 +440,7 @@ static void test_truncated_everywhere(void **state)
 
     (void)state;
     for (k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
-        p = read_all(fixture_path(names[k]), &n);
+        p = kft_read_all(fixture_path(names[k]), &n);
         for (i = 0; i < n; i++) {
             /* A fresh allocation of exactly i bytes, so a read past it is
              * an ASan error rather than a read of the rest of p. */
@@ -522,7 +469,7 @@ static void test_mutations(void **state)
 
     (void)state;
     for (k = 0; k < 2; k++) {
-        p = read_all(fixture_path(names[k]), &n);
+        p = kft_read_all(fixture_path(names[k]), &n);
         for (i = 0; i < n; i++) {
             unsigned char saved = p[i];
             for (v = 0; v < sizeof(vals); v++) {
@@ -547,11 +494,11 @@ static void test_read_errors(void **state)
     struct kf_err err;
 
     (void)state;
-    assert_int_equal(build_modinfo_read(tmp("missing.ko"), &mi, &err), KF_ENOENT);
+    assert_int_equal(build_modinfo_read(kft_tmp("missing.ko"), &mi, &err), KF_ENOENT);
     assert_non_null(strstr(err.msg, "missing.ko"));
-    assert_int_equal(build_modinfo_read(tmpdir, &mi, &err), KF_EINVAL);
-    write_all(tmp("empty.ko"), "", 0);
-    assert_int_equal(build_modinfo_read(tmp("empty.ko"), &mi, &err), KF_EPARSE);
+    assert_int_equal(build_modinfo_read(kft_tmpdir, &mi, &err), KF_EINVAL);
+    kft_write_all(kft_tmp("empty.ko"), "", 0);
+    assert_int_equal(build_modinfo_read(kft_tmp("empty.ko"), &mi, &err), KF_EPARSE);
     assert_non_null(strstr(err.msg, "empty.ko: not an ELF"));
     assert_int_equal(build_modinfo_read("/dev/zero", &mi, &err), KF_EINVAL);
 }
@@ -582,7 +529,7 @@ static void test_trailer(void **state)
     unsigned char *mod, *p;
 
     (void)state;
-    mod = read_all(fixture_path("nvidia.ko"), &n);
+    mod = kft_read_all(fixture_path("nvidia.ko"), &n);
     p = with_trailer(mod, n, ms, 10, &total);
     assert_int_equal(build_sig_trailer_parse(p, total, "x", &mlen, &slen, &err), 0);
     assert_int_equal(mlen, n);
@@ -663,24 +610,24 @@ static void test_inspect(void **state)
     {
         size_t n;
         unsigned char *p = mkelf("vermagic=" KREL " SMP", 9 + sizeof(KREL) - 1 + 4, 1, 0, &n);
-        write_all(tmp("my-mod.ko"), p, n);
+        kft_write_all(kft_tmp("my-mod.ko"), p, n);
         free(p);
-        assert_int_equal(build_module_inspect(tmp("my-mod.ko"), KREL, 0, &m, &err), 0);
+        assert_int_equal(build_module_inspect(kft_tmp("my-mod.ko"), KREL, 0, &m, &err), 0);
         assert_string_equal(m.name, "my_mod");
         assert_true(m.stub); /* no depends entry at all */
-        write_all(tmp("bad name.ko"), "", 0);
-        assert_int_equal(build_module_inspect(tmp("bad name.ko"), KREL, 0, &m, &err),
+        kft_write_all(kft_tmp("bad name.ko"), "", 0);
+        assert_int_equal(build_module_inspect(kft_tmp("bad name.ko"), KREL, 0, &m, &err),
                          KF_EUNTRUSTED);
-        write_all(tmp("nvidia.o"), "", 0);
-        assert_int_equal(build_module_inspect(tmp("nvidia.o"), KREL, 0, &m, &err), KF_EINVAL);
+        kft_write_all(kft_tmp("nvidia.o"), "", 0);
+        assert_int_equal(build_module_inspect(kft_tmp("nvidia.o"), KREL, 0, &m, &err), KF_EINVAL);
     }
     /* No vermagic: not checkable, not packaged. */
     {
         size_t n;
         unsigned char *p = mkelf("name=x", 6, 1, 0, &n);
-        write_all(tmp("x.ko"), p, n);
+        kft_write_all(kft_tmp("x.ko"), p, n);
         free(p);
-        assert_int_equal(build_module_inspect(tmp("x.ko"), KREL, 0, &m, &err), KF_EPARSE);
+        assert_int_equal(build_module_inspect(kft_tmp("x.ko"), KREL, 0, &m, &err), KF_EPARSE);
         assert_non_null(strstr(err.msg, "no vermagic"));
     }
 }
@@ -728,7 +675,7 @@ static void test_load_order(void **state)
 static int file_has(const char *path, const char *needle)
 {
     size_t n;
-    unsigned char *p = read_all(path, &n);
+    unsigned char *p = kft_read_all(path, &n);
     int found = memmem(p, n, needle, strlen(needle)) != NULL;
 
     free(p);
@@ -747,7 +694,7 @@ static void test_strip(void **state)
 {
     struct build_modinfo before, after;
     struct kf_err err;
-    const char *in = tmp("nvidia-uvm.ko"), *out = tmp("stripped.ko");
+    const char *in = kft_tmp("nvidia-uvm.ko"), *out = kft_tmp("stripped.ko");
 
     (void)state;
     copy_file(fixture_path("nvidia-uvm.ko"), in);
@@ -767,40 +714,41 @@ static void test_strip(void **state)
 
     /* A file objcopy does not understand: its message comes back, and no
      * output is left. */
-    write_all(tmp("text.ko"), "not an object\n", 14);
-    assert_int_equal(build_strip_debug(tmp("text.ko"), tmp("out1.ko"), NULL, &err), KF_ECMD);
+    kft_write_all(kft_tmp("text.ko"), "not an object\n", 14);
+    assert_int_equal(build_strip_debug(kft_tmp("text.ko"), kft_tmp("out1.ko"), NULL, &err),
+                     KF_ECMD);
     assert_non_null(strstr(err.msg, "exit status 1"));
     assert_non_null(strstr(err.msg, "file format not recognized"));
     assert_display_safe(err.msg);
-    assert_int_equal(access(tmp("out1.ko"), F_OK), -1);
+    assert_int_equal(access(kft_tmp("out1.ko"), F_OK), -1);
 
-    assert_int_equal(build_strip_debug(in, tmp("out2.ko"), "/nonexistent/objcopy", &err),
+    assert_int_equal(build_strip_debug(in, kft_tmp("out2.ko"), "/nonexistent/objcopy", &err),
                      KF_ENOENT);
-    assert_int_equal(access(tmp("out2.ko"), F_OK), -1);
+    assert_int_equal(access(kft_tmp("out2.ko"), F_OK), -1);
 
     /* An "objcopy" that succeeds but writes something that is no module. */
     {
-        const char *fake = tmp("fake-objcopy");
-        write_all(fake, "#!/bin/sh\nprintf junk >\"$3\"\n", 28);
+        const char *fake = kft_tmp("fake-objcopy");
+        kft_write_all(fake, "#!/bin/sh\nprintf junk >\"$3\"\n", 28);
         assert_int_equal(chmod(fake, 0755), 0);
-        assert_int_equal(build_strip_debug(in, tmp("out3.ko"), fake, &err), KF_EPARSE);
+        assert_int_equal(build_strip_debug(in, kft_tmp("out3.ko"), fake, &err), KF_EPARSE);
         assert_non_null(strstr(err.msg, "after"));
         assert_non_null(strstr(err.msg, "not an ELF"));
-        assert_int_equal(access(tmp("out3.ko"), F_OK), -1);
+        assert_int_equal(access(kft_tmp("out3.ko"), F_OK), -1);
     }
     /* The input under another name is in place: a failure keeps it. */
-    write_all(tmp("text2.ko"), "not an object\n", 14);
+    kft_write_all(kft_tmp("text2.ko"), "not an object\n", 14);
     {
         char other[512];
-        snprintf(other, sizeof(other), "%s/./text2.ko", tmpdir);
-        assert_int_equal(build_strip_debug(tmp("text2.ko"), other, NULL, &err), KF_ECMD);
-        assert_int_equal(access(tmp("text2.ko"), F_OK), 0);
+        snprintf(other, sizeof(other), "%s/./text2.ko", kft_tmpdir);
+        assert_int_equal(build_strip_debug(kft_tmp("text2.ko"), other, NULL, &err), KF_ECMD);
+        assert_int_equal(access(kft_tmp("text2.ko"), F_OK), 0);
     }
     /* A name that starts with '-' is still a file to objcopy. */
     {
         char cwd[1024];
         assert_non_null(getcwd(cwd, sizeof(cwd)));
-        assert_int_equal(chdir(tmpdir), 0);
+        assert_int_equal(chdir(kft_tmpdir), 0);
         copy_file(fixture_path("nvidia-modeset.ko"), "-m.ko");
         assert_int_equal(build_strip_debug("-m.ko", "-n.ko", NULL, &err), 0);
         assert_int_equal(build_modinfo_read("-n.ko", &after, &err), 0);
@@ -825,5 +773,5 @@ int main(void)
         cmocka_unit_test(test_load_order),
         cmocka_unit_test(test_strip),
     };
-    return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
+    return cmocka_run_group_tests(tests, kft_setup_tmpdir, kft_teardown_tmpdir);
 }

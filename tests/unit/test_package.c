@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "builder.h"
+#include "testutil.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -31,66 +32,10 @@
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                   */
 
-static char tmpdir[64];
-
-static const char *tmp(const char *name)
-{
-    static char path[8][512];
-    static int next;
-
-    next = (next + 1) % 8;
-    snprintf(path[next], sizeof(path[next]), "%s/%s", tmpdir, name);
-    return path[next];
-}
-
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    struct buf b;
-    char chunk[4096];
-    size_t n;
-    FILE *fp = fopen(path, "rb");
-
-    if (fp == NULL)
-        fail_msg("cannot open %s", path);
-    buf_init(&b, 0);
-    while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0)
-        assert_int_equal(buf_append(&b, chunk, n), 0);
-    fclose(fp);
-    return (unsigned char *)buf_detach(&b, len);
-}
-
-static void write_all(const char *path, const void *p, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-
-    assert_non_null(fp);
-    assert_int_equal(fwrite(p, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[8192];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int have(const char *tool)
-{
-    return sh("command -v %s >/dev/null 2>&1", tool) == 0;
-}
-
 static int same_file(const char *a, const char *b)
 {
     size_t na, nb;
-    unsigned char *pa = read_all(a, &na), *pb = read_all(b, &nb);
+    unsigned char *pa = kft_read_all(a, &na), *pb = kft_read_all(b, &nb);
     int same = na == nb && memcmp(pa, pb, na) == 0;
 
     free(pa);
@@ -116,10 +61,10 @@ static char *file_text(const char *path)
 {
     size_t n;
 
-    return (char *)read_all(path, &n);
+    return (char *)kft_read_all(path, &n);
 }
 
-/* The five NVIDIA module fixtures, stripped into tmpdir/mods/ (as the
+/* The five NVIDIA module fixtures, stripped into kft_tmpdir/mods/ (as the
  * builder does before packaging), and one firmware file. */
 static const char *const mod_files[] = {"nvidia.ko", "nvidia-modeset.ko", "nvidia-drm.ko",
                                         "nvidia-uvm.ko", "nvidia-peermem.ko"};
@@ -134,28 +79,19 @@ static int setup(void **state)
     struct kf_err err;
     int i;
 
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kf-package-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
-    assert_int_equal(mkdir(tmp("mods"), 0755), 0);
+    kft_setup_tmpdir(state);
+    assert_int_equal(mkdir(kft_tmp("mods"), 0755), 0);
     for (i = 0; i < 5; i++) {
         snprintf(from, sizeof(from), "%s/ko/%s", KF_FIXTURES, mod_files[i]);
-        snprintf(mod_paths[i], sizeof(mod_paths[i]), "%s/mods/%s", tmpdir, mod_files[i]);
+        snprintf(mod_paths[i], sizeof(mod_paths[i]), "%s/mods/%s", kft_tmpdir, mod_files[i]);
         if (build_strip_debug(from, mod_paths[i], NULL, &err) != 0)
             fail_msg("strip: %s", err.msg);
         mods[i] = mod_paths[i];
     }
-    snprintf(fw_path, sizeof(fw_path), "%s/gsp_ga10x.bin", tmpdir);
-    write_all(fw_path, "GSP firmware stand-in\n\0\1\2", 25);
+    snprintf(fw_path, sizeof(fw_path), "%s/gsp_ga10x.bin", kft_tmpdir);
+    kft_write_all(fw_path, "GSP firmware stand-in\n\0\1\2", 25);
     fw[0].src = fw_path;
     fw[0].name = FW_NAME;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    assert_int_equal(sh("rm -rf '%s'", tmpdir), 0);
     return 0;
 }
 
@@ -204,34 +140,34 @@ static void test_reproducible(void **state)
 
     (void)state;
     base_pkg(&p);
-    assert_int_equal(mkdir(tmp("out1"), 0755), 0);
-    assert_int_equal(mkdir(tmp("out2"), 0755), 0);
-    write_pkg(&p, tmp("out1/" TOP ".tar.gz"), &r1);
+    assert_int_equal(mkdir(kft_tmp("out1"), 0755), 0);
+    assert_int_equal(mkdir(kft_tmp("out2"), 0755), 0);
+    write_pkg(&p, kft_tmp("out1/" TOP ".tar.gz"), &r1);
     /* Another directory, a second later: the same bytes. */
     sleep(1);
-    write_pkg(&p, tmp("out2/" TOP ".tar.gz"), &r2);
-    assert_true(same_file(tmp("out1/" TOP ".tar.gz"), tmp("out2/" TOP ".tar.gz")));
+    write_pkg(&p, kft_tmp("out2/" TOP ".tar.gz"), &r2);
+    assert_true(same_file(kft_tmp("out1/" TOP ".tar.gz"), kft_tmp("out2/" TOP ".tar.gz")));
     assert_string_equal(r1.sha256, r2.sha256);
     assert_int_equal(r1.size, r2.size);
     assert_int_equal(r1.nstubs, 1);
 
     /* The streamed hash is the file's hash; the .sha256 file says so in
      * sha256sum's format, and sha256sum agrees. */
-    assert_int_equal(build_sha256_file(tmp("out1/" TOP ".tar.gz"), hex, &err), 0);
+    assert_int_equal(build_sha256_file(kft_tmp("out1/" TOP ".tar.gz"), hex, &err), 0);
     assert_string_equal(hex, r1.sha256);
-    line = file_text(tmp("out1/" TOP ".tar.gz.sha256"));
+    line = file_text(kft_tmp("out1/" TOP ".tar.gz.sha256"));
     snprintf(want, sizeof(want), "%s  %s.tar.gz\n", hex, TOP);
     assert_string_equal(line, want);
     free(line);
-    if (have("sha256sum"))
-        assert_int_equal(sh("cd '%s' && sha256sum -c --quiet '%s.tar.gz.sha256'", tmp("out1"), TOP),
-                         0);
-    if (have("gzip"))
-        assert_int_equal(sh("gzip -t '%s'", tmp("out1/" TOP ".tar.gz")), 0);
+    if (kft_have("sha256sum"))
+        assert_int_equal(
+            kft_sh("cd '%s' && sha256sum -c --quiet '%s.tar.gz.sha256'", kft_tmp("out1"), TOP), 0);
+    if (kft_have("gzip"))
+        assert_int_equal(kft_sh("gzip -t '%s'", kft_tmp("out1/" TOP ".tar.gz")), 0);
     /* The gzip header's MTIME field (bytes 4-7) is zero. */
     {
         size_t n;
-        unsigned char *z = read_all(tmp("out1/" TOP ".tar.gz"), &n);
+        unsigned char *z = kft_read_all(kft_tmp("out1/" TOP ".tar.gz"), &n);
         assert_true(n > 10);
         assert_int_equal(z[0], 0x1f);
         assert_int_equal(z[1], 0x8b);
@@ -239,12 +175,12 @@ static void test_reproducible(void **state)
         free(z);
     }
     /* No temporary file is left beside it. */
-    assert_int_equal(dir_count(tmp("out1")), 2);
+    assert_int_equal(dir_count(kft_tmp("out1")), 2);
 
     /* Rewriting the same path replaces it with the same bytes. */
-    write_pkg(&p, tmp("out1/" TOP ".tar.gz"), NULL);
-    assert_true(same_file(tmp("out1/" TOP ".tar.gz"), tmp("out2/" TOP ".tar.gz")));
-    assert_int_equal(dir_count(tmp("out1")), 2);
+    write_pkg(&p, kft_tmp("out1/" TOP ".tar.gz"), NULL);
+    assert_true(same_file(kft_tmp("out1/" TOP ".tar.gz"), kft_tmp("out2/" TOP ".tar.gz")));
+    assert_int_equal(dir_count(kft_tmp("out1")), 2);
 
     /* The same modules given in another order: the same package, since
      * the load order comes from the dependencies. */
@@ -253,7 +189,7 @@ static void test_reproducible(void **state)
         struct build_pkg q = p;
         struct build_pkg_result r3;
         q.modules = shuffled;
-        write_pkg(&q, tmp("out2/" TOP ".tar.gz"), &r3);
+        write_pkg(&q, kft_tmp("out2/" TOP ".tar.gz"), &r3);
         assert_string_equal(r3.sha256, r1.sha256);
         build_pkg_result_release(&r3);
     }
@@ -270,20 +206,20 @@ static void test_one_byte_changes_hash(void **state)
 
     (void)state;
     base_pkg(&p);
-    assert_int_equal(mkdir(tmp("out3"), 0755), 0);
-    write_pkg(&p, tmp("out3/a.tar.gz"), &r1);
-    m = read_all(mods[3], &n);
+    assert_int_equal(mkdir(kft_tmp("out3"), 0755), 0);
+    write_pkg(&p, kft_tmp("out3/a.tar.gz"), &r1);
+    m = kft_read_all(mods[3], &n);
     hit = memmem(m, n, "kfleet-fixture-payload", 22);
     assert_non_null(hit);
     hit[0] = 'K';
-    write_all(mods[3], m, n);
-    write_pkg(&p, tmp("out3/b.tar.gz"), &r2);
+    kft_write_all(mods[3], m, n);
+    write_pkg(&p, kft_tmp("out3/b.tar.gz"), &r2);
     assert_string_not_equal(r1.sha256, r2.sha256);
     hit[0] = 'k';
-    write_all(mods[3], m, n);
+    kft_write_all(mods[3], m, n);
     free(m);
-    write_pkg(&p, tmp("out3/c.tar.gz"), NULL);
-    assert_true(same_file(tmp("out3/a.tar.gz"), tmp("out3/c.tar.gz")));
+    write_pkg(&p, kft_tmp("out3/c.tar.gz"), NULL);
+    assert_true(same_file(kft_tmp("out3/a.tar.gz"), kft_tmp("out3/c.tar.gz")));
     build_pkg_result_release(&r1);
     build_pkg_result_release(&r2);
 }
@@ -326,13 +262,13 @@ static void test_layout(void **state)
 
     (void)state;
     base_pkg(&p);
-    assert_int_equal(mkdir(tmp("out4"), 0755), 0);
-    write_pkg(&p, tmp("out4/p.tar.gz"), &r);
+    assert_int_equal(mkdir(kft_tmp("out4"), 0755), 0);
+    write_pkg(&p, kft_tmp("out4/p.tar.gz"), &r);
 
     a = archive_read_new();
     archive_read_support_filter_gzip(a);
     archive_read_support_format_tar(a);
-    assert_int_equal(archive_read_open_filename(a, tmp("out4/p.tar.gz"), 10240), ARCHIVE_OK);
+    assert_int_equal(archive_read_open_filename(a, kft_tmp("out4/p.tar.gz"), 10240), ARCHIVE_OK);
     while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
         const char *path = archive_entry_pathname(e);
         int dir = archive_entry_filetype(e) == AE_IFDIR;
@@ -455,12 +391,12 @@ static void expect_fail(const struct build_pkg *p, const char *dest, int code, c
 
 static void test_failures_leave_nothing(void **state)
 {
-    const char *dest = tmp("out5/p.tar.gz");
+    const char *dest = kft_tmp("out5/p.tar.gz");
     const char *twice[6];
     struct build_pkg p;
 
     (void)state;
-    assert_int_equal(mkdir(tmp("out5"), 0755), 0);
+    assert_int_equal(mkdir(kft_tmp("out5"), 0755), 0);
 
     base_pkg(&p);
     p.kernel_release = "6.1.0-40-amd64";
@@ -506,31 +442,31 @@ static void test_failures_leave_nothing(void **state)
     }
     base_pkg(&p);
     {
-        const char *missing[1] = {tmp("mods/nvidia-missing.ko")};
+        const char *missing[1] = {kft_tmp("mods/nvidia-missing.ko")};
         p.modules = missing;
         p.nmodules = 1;
         expect_fail(&p, dest, KF_ENOENT, "nvidia-missing.ko");
     }
     base_pkg(&p);
-    expect_fail(&p, tmp("out5/bad name.tar.gz"), KF_EINVAL, "package file name");
-    expect_fail(&p, tmp("no-such-dir/p.tar.gz"), KF_ENOENT, "cannot create");
+    expect_fail(&p, kft_tmp("out5/bad name.tar.gz"), KF_EINVAL, "package file name");
+    expect_fail(&p, kft_tmp("no-such-dir/p.tar.gz"), KF_ENOENT, "cannot create");
     /* None of it left a file, temporary or final. */
-    assert_int_equal(dir_count(tmp("out5")), 0);
+    assert_int_equal(dir_count(kft_tmp("out5")), 0);
 
     /* A failure does not touch an existing package. */
     write_pkg(&p, dest, NULL);
     {
         size_t n0, n1;
-        unsigned char *before = read_all(dest, &n0), *after;
+        unsigned char *before = kft_read_all(dest, &n0), *after;
         p.kernel_release = "6.1.0-40-amd64";
         expect_fail(&p, dest, KF_ENOMATCH, NULL);
-        after = read_all(dest, &n1);
+        after = kft_read_all(dest, &n1);
         assert_int_equal(n0, n1);
         assert_memory_equal(before, after, n0);
         free(before);
         free(after);
     }
-    assert_int_equal(dir_count(tmp("out5")), 2);
+    assert_int_equal(dir_count(kft_tmp("out5")), 2);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -586,11 +522,11 @@ static void make_stubs(void)
         "\techo \"$STUB_VERSION\" >\"$KFLEET_ROOT/sys/module/$1/version\"\n"
         "fi\n";
 
-    assert_int_equal(mkdir(tmp("stubs"), 0755), 0);
-    write_all(tmp("stubs/depmod"), depmod, strlen(depmod));
-    write_all(tmp("stubs/uname"), uname_s, strlen(uname_s));
-    write_all(tmp("stubs/modprobe"), modprobe, strlen(modprobe));
-    assert_int_equal(sh("chmod 0755 '%s/stubs/'*", tmpdir), 0);
+    assert_int_equal(mkdir(kft_tmp("stubs"), 0755), 0);
+    kft_write_all(kft_tmp("stubs/depmod"), depmod, strlen(depmod));
+    kft_write_all(kft_tmp("stubs/uname"), uname_s, strlen(uname_s));
+    kft_write_all(kft_tmp("stubs/modprobe"), modprobe, strlen(modprobe));
+    assert_int_equal(kft_sh("chmod 0755 '%s/stubs/'*", kft_tmpdir), 0);
 }
 
 /* Runs a package script: cwd, script path, arguments, uname -r answer,
@@ -598,9 +534,9 @@ static void make_stubs(void)
 static int run_script(const char *root, const char *cwd, const char *script, const char *args,
                       const char *uname_r, const char *version)
 {
-    return sh("cd '%s' && env KFLEET_ROOT='%s' PATH='%s/stubs':\"$PATH\" STUB_LOG='%s/log' "
-              "STUB_UNAME='%s' STUB_VERSION='%s' /bin/sh %s %s >>'%s/out' 2>&1",
-              cwd, root, tmpdir, tmpdir, uname_r, version, script, args, tmpdir);
+    return kft_sh("cd '%s' && env KFLEET_ROOT='%s' PATH='%s/stubs':\"$PATH\" STUB_LOG='%s/log' "
+                  "STUB_UNAME='%s' STUB_VERSION='%s' /bin/sh %s %s >>'%s/out' 2>&1",
+                  cwd, root, kft_tmpdir, kft_tmpdir, uname_r, version, script, args, kft_tmpdir);
 }
 
 static char *take_log(void)
@@ -608,10 +544,10 @@ static char *take_log(void)
     size_t n;
     char *s;
 
-    if (access(tmp("log"), F_OK) != 0)
+    if (access(kft_tmp("log"), F_OK) != 0)
         return strdup("");
-    s = (char *)read_all(tmp("log"), &n);
-    unlink(tmp("log"));
+    s = (char *)kft_read_all(kft_tmp("log"), &n);
+    unlink(kft_tmp("log"));
     return s;
 }
 
@@ -626,7 +562,7 @@ static void assert_log(const char *want)
 
 static void assert_out_has(const char *needle)
 {
-    char *out = file_text(tmp("out"));
+    char *out = file_text(kft_tmp("out"));
 
     if (strstr(out, needle) == NULL)
         fail_msg("script output lacks '%s':\n%s", needle, out);
@@ -643,23 +579,23 @@ static void test_install_uninstall(void **state)
     int i;
 
     (void)state;
-    if (!have("tar")) {
+    if (!kft_have("tar")) {
         print_message("tar not found: install.sh test skipped\n");
         skip();
     }
     base_pkg(&p);
-    assert_int_equal(mkdir(tmp("out6"), 0755), 0);
-    write_pkg(&p, tmp("out6/" TOP ".tar.gz"), NULL);
-    assert_int_equal(sh("cd '%s' && tar -xzf '%s.tar.gz'", tmp("out6"), TOP), 0);
-    snprintf(pkg, sizeof(pkg), "%s/out6/%s", tmpdir, TOP);
-    snprintf(root, sizeof(root), "%s/root", tmpdir);
+    assert_int_equal(mkdir(kft_tmp("out6"), 0755), 0);
+    write_pkg(&p, kft_tmp("out6/" TOP ".tar.gz"), NULL);
+    assert_int_equal(kft_sh("cd '%s' && tar -xzf '%s.tar.gz'", kft_tmp("out6"), TOP), 0);
+    snprintf(pkg, sizeof(pkg), "%s/out6/%s", kft_tmpdir, TOP);
+    snprintf(root, sizeof(root), "%s/root", kft_tmpdir);
     snprintf(root_dep, sizeof(root_dep), "%s/lib/modules/%s", root, KREL);
-    assert_int_equal(sh("mkdir -p '%s' '%s/sys/module'", root_dep, root), 0);
+    assert_int_equal(kft_sh("mkdir -p '%s' '%s/sys/module'", root_dep, root), 0);
     make_stubs();
 
     /* The generated scripts are POSIX sh, as shellcheck sees them. */
-    if (have("shellcheck"))
-        assert_int_equal(sh("shellcheck -s sh '%s/install.sh' '%s/uninstall.sh'", pkg, pkg), 0);
+    if (kft_have("shellcheck"))
+        assert_int_equal(kft_sh("shellcheck -s sh '%s/install.sh' '%s/uninstall.sh'", pkg, pkg), 0);
     else
         print_message("shellcheck not found: lint of the scripts skipped\n");
 
@@ -674,16 +610,16 @@ static void test_install_uninstall(void **state)
         assert_int_equal(stat(installed, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0644);
     }
-    assert_true(same_file(tmp("root/lib/firmware/" FW_NAME), fw_path));
-    assert_int_equal(dir_count(tmp("root" DEST)), 5); /* no temporary files */
+    assert_true(same_file(kft_tmp("root/lib/firmware/" FW_NAME), fw_path));
+    assert_int_equal(dir_count(kft_tmp("root" DEST)), 5); /* no temporary files */
 
     /* Again, from another directory, with a stale module of an older
      * package in place: it goes, the rest is the same. */
-    write_all(tmp("root" DEST "/nvidia-old.ko"), "x", 1);
-    assert_int_equal(run_script(root, "/", tmp("out6/" TOP "/install.sh"), "", KREL, ""), 0);
+    kft_write_all(kft_tmp("root" DEST "/nvidia-old.ko"), "x", 1);
+    assert_int_equal(run_script(root, "/", kft_tmp("out6/" TOP "/install.sh"), "", KREL, ""), 0);
     assert_log(want);
-    assert_int_equal(dir_count(tmp("root" DEST)), 5);
-    assert_int_equal(access(tmp("root" DEST "/nvidia-old.ko"), F_OK), -1);
+    assert_int_equal(dir_count(kft_tmp("root" DEST)), 5);
+    assert_int_equal(access(kft_tmp("root" DEST "/nvidia-old.ko"), F_OK), -1);
 
     /* --load on another kernel: refused before anything changes. */
     assert_int_equal(run_script(root, pkg, "install.sh", "--load", "6.1.0-99-other", DRIVER), 1);
@@ -703,7 +639,7 @@ static void test_install_uninstall(void **state)
              "modprobe -d %s nvidia_uvm\n",
              root, KREL, root, root, root, root);
     assert_log(want);
-    assert_int_equal(access(tmp("root/sys/module/nvidia_peermem"), F_OK), -1);
+    assert_int_equal(access(kft_tmp("root/sys/module/nvidia_peermem"), F_OK), -1);
 
     /* --load again: unloads in reverse order first. */
     assert_int_equal(run_script(root, pkg, "install.sh", "--load", KREL, DRIVER), 0);
@@ -730,13 +666,13 @@ static void test_install_uninstall(void **state)
     assert_int_equal(run_script(root, pkg, "uninstall.sh", "", KREL, ""), 0);
     snprintf(want, sizeof(want), "depmod -b %s -a %s\n", root, KREL);
     assert_log(want);
-    assert_int_equal(access(tmp("root" DEST), F_OK), -1);
-    assert_int_equal(access(tmp("root/sys/module/nvidia"), F_OK), 0);
+    assert_int_equal(access(kft_tmp("root" DEST), F_OK), -1);
+    assert_int_equal(access(kft_tmp("root/sys/module/nvidia"), F_OK), 0);
     /* Firmware stays (shared by every kernel's package of this driver). */
-    assert_int_equal(access(tmp("root/lib/firmware/" FW_NAME), F_OK), 0);
+    assert_int_equal(access(kft_tmp("root/lib/firmware/" FW_NAME), F_OK), 0);
 
     /* Install and load ours, then uninstall: unloads in reverse order. */
-    assert_int_equal(sh("rm -rf '%s/sys/module/'*", root), 0);
+    assert_int_equal(kft_sh("rm -rf '%s/sys/module/'*", root), 0);
     assert_int_equal(run_script(root, pkg, "install.sh", "--load", KREL, DRIVER), 0);
     free(take_log());
     assert_int_equal(run_script(root, pkg, "uninstall.sh", "", KREL, ""), 0);
@@ -748,7 +684,7 @@ static void test_install_uninstall(void **state)
              "depmod -b %s -a %s\n",
              root, root, root, root, root, KREL);
     assert_log(want);
-    assert_int_equal(dir_count(tmp("root/sys/module")), 0);
+    assert_int_equal(dir_count(kft_tmp("root/sys/module")), 0);
     /* Twice is fine. */
     assert_int_equal(run_script(root, pkg, "uninstall.sh", "", KREL, ""), 0);
     snprintf(want, sizeof(want), "depmod -b %s -a %s\n", root, KREL);
@@ -757,15 +693,15 @@ static void test_install_uninstall(void **state)
     /* A damaged package changes nothing on the node. */
     {
         size_t n;
-        unsigned char *m = read_all(tmp("out6/" TOP "/modules/nvidia-uvm.ko"), &n);
+        unsigned char *m = kft_read_all(kft_tmp("out6/" TOP "/modules/nvidia-uvm.ko"), &n);
         m[n / 2] ^= 1;
-        write_all(tmp("out6/" TOP "/modules/nvidia-uvm.ko"), m, n);
+        kft_write_all(kft_tmp("out6/" TOP "/modules/nvidia-uvm.ko"), m, n);
         free(m);
     }
     assert_int_equal(run_script(root, pkg, "install.sh", "", KREL, ""), 1);
     assert_out_has("modules/nvidia-uvm.ko: sha256 mismatch");
     assert_log("");
-    assert_int_equal(access(tmp("root" DEST), F_OK), -1);
+    assert_int_equal(access(kft_tmp("root" DEST), F_OK), -1);
 }
 
 int main(void)
@@ -779,5 +715,5 @@ int main(void)
         cmocka_unit_test(test_script_values),
         cmocka_unit_test(test_install_uninstall),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kft_teardown_tmpdir);
 }

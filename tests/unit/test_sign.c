@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "builder.h"
+#include "testutil.h"
 
 #include <glob.h>
 #include <openssl/evp.h>
@@ -27,77 +28,23 @@
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                   */
 
-static char tmpdir[64];
-
-static int setup_tmp(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/kf-sign-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
-    return 0;
-}
-
-static int teardown_tmp(void **state)
-{
-    char cmd[128];
-
-    (void)state;
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    assert_int_equal(system(cmd), 0);
-    return 0;
-}
-
-static const char *tmp(const char *name)
-{
-    static char path[8][256];
-    static int next;
-
-    next = (next + 1) % 8;
-    snprintf(path[next], sizeof(path[next]), "%s/%s", tmpdir, name);
-    return path[next];
-}
-
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    struct buf b;
-    char chunk[4096];
-    size_t n;
-    FILE *fp = fopen(path, "rb");
-
-    assert_non_null(fp);
-    buf_init(&b, 0);
-    while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0)
-        assert_int_equal(buf_append(&b, chunk, n), 0);
-    fclose(fp);
-    return (unsigned char *)buf_detach(&b, len);
-}
-
-static void write_all(const char *path, const void *p, size_t n)
-{
-    FILE *fp = fopen(path, "wb");
-
-    assert_non_null(fp);
-    assert_int_equal(fwrite(p, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
-
 /* A module to sign: the nvidia-uvm.ko fixture, copied. */
 static const char *module_copy(const char *name)
 {
     char from[1024];
-    const char *to = tmp(name);
+    const char *to = kft_tmp(name);
     unsigned char *p;
     size_t n;
 
     snprintf(from, sizeof(from), "%s/ko/nvidia-uvm.ko", KF_FIXTURES);
-    p = read_all(from, &n);
-    write_all(to, p, n);
+    p = kft_read_all(from, &n);
+    kft_write_all(to, p, n);
     free(p);
     return to;
 }
 
 /* Keys made once per type for the whole run (RSA generation is slow under
- * ASan); dir is tmpdir/keys-TYPE. */
+ * ASan); dir is kft_tmpdir/keys-TYPE. */
 static const char *keydir(const char *type)
 {
     static char dirs[4][256];
@@ -109,7 +56,7 @@ static const char *keydir(const char *type)
         if (strcmp(types[i], type) == 0)
             return dirs[i];
     assert_true(i < 4);
-    snprintf(dirs[i], sizeof(dirs[i]), "%s/keys-%s", tmpdir, type);
+    snprintf(dirs[i], sizeof(dirs[i]), "%s/keys-%s", kft_tmpdir, type);
     if (build_keys_new(dirs[i], type, "kfleet test signing key", 30, NULL, &err) != 0)
         fail_msg("keys_new %s: %s", type, err.msg);
     types[i] = type;
@@ -137,24 +84,6 @@ static const char *cert_of(const char *type, const char *ext)
 }
 
 /* Runs a shell command line; returns its exit status. */
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int have(const char *tool)
-{
-    return sh("command -v %s >/dev/null 2>&1", tool) == 0;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Keys                                                                      */
@@ -162,7 +91,7 @@ static int have(const char *tool)
 static void check_cert(const char *der_path, int want_ec)
 {
     size_t n;
-    unsigned char *der = read_all(der_path, &n);
+    unsigned char *der = kft_read_all(der_path, &n);
     const unsigned char *p = der;
     X509 *x = d2i_X509(NULL, &p, (long)n);
     EVP_PKEY *pk;
@@ -194,21 +123,21 @@ static void test_keys_new(void **state)
 
     (void)state;
     buf_init(&cmd, 0);
-    assert_int_equal(build_keys_new(tmp("k1"), "p384", "Fleet MOK", 3650, &cmd, &err), 0);
-    snprintf(want, sizeof(want), "mokutil --import '%s/k1/signing_cert.der'", tmpdir);
+    assert_int_equal(build_keys_new(kft_tmp("k1"), "p384", "Fleet MOK", 3650, &cmd, &err), 0);
+    snprintf(want, sizeof(want), "mokutil --import '%s/k1/signing_cert.der'", kft_tmpdir);
     assert_string_equal(buf_cstr(&cmd), want);
-    assert_int_equal(stat(tmp("k1/signing_key.pem"), &st), 0);
+    assert_int_equal(stat(kft_tmp("k1/signing_key.pem"), &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
-    assert_int_equal(stat(tmp("k1/signing_cert.der"), &st), 0);
+    assert_int_equal(stat(kft_tmp("k1/signing_cert.der"), &st), 0);
     assert_int_equal(st.st_mode & 0777, 0644);
-    assert_int_equal(stat(tmp("k1"), &st), 0);
+    assert_int_equal(stat(kft_tmp("k1"), &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
-    check_cert(tmp("k1/signing_cert.der"), 1);
+    check_cert(kft_tmp("k1/signing_cert.der"), 1);
 
     /* The key loads back, and the PEM certificate is the DER one. */
     {
         size_t n;
-        unsigned char *pem = read_all(tmp("k1/signing_key.pem"), &n);
+        unsigned char *pem = kft_read_all(kft_tmp("k1/signing_key.pem"), &n);
         BIO *b = BIO_new_mem_buf(pem, (int)n);
         EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
         assert_non_null(k);
@@ -216,37 +145,37 @@ static void test_keys_new(void **state)
         BIO_free(b);
         free(pem);
     }
-    assert_int_equal(build_cert_describe(tmp("k1/signing_cert.pem"), subject, sizeof(subject),
+    assert_int_equal(build_cert_describe(kft_tmp("k1/signing_cert.pem"), subject, sizeof(subject),
                                          keyid, sizeof(keyid), &err),
                      0);
     assert_string_equal(subject, "CN=Fleet MOK");
     assert_int_equal(strlen(keyid), 40); /* SHA-1 key identifier */
     {
         char s2[256], k2[128];
-        assert_int_equal(
-            build_cert_describe(tmp("k1/signing_cert.der"), s2, sizeof(s2), k2, sizeof(k2), &err),
-            0);
+        assert_int_equal(build_cert_describe(kft_tmp("k1/signing_cert.der"), s2, sizeof(s2), k2,
+                                             sizeof(k2), &err),
+                         0);
         assert_string_equal(s2, subject);
         assert_string_equal(k2, keyid);
         assert_int_equal(
-            build_cert_describe(tmp("k1/signing_cert.der"), s2, 4, k2, sizeof(k2), &err),
+            build_cert_describe(kft_tmp("k1/signing_cert.der"), s2, 4, k2, sizeof(k2), &err),
             KF_ETRUNC);
     }
 
     /* Never replaces a key. */
     buf_reset(&cmd);
-    assert_int_equal(build_keys_new(tmp("k1"), "p384", "Again", 30, &cmd, &err), KF_EEXIST);
+    assert_int_equal(build_keys_new(kft_tmp("k1"), "p384", "Again", 30, &cmd, &err), KF_EEXIST);
     assert_non_null(strstr(err.msg, "already exists"));
     assert_int_equal(cmd.len, 0);
 
     /* Bad arguments cost no key generation and leave nothing. */
-    assert_int_equal(build_keys_new(tmp("k2"), "ed25519", "x", 30, NULL, &err), KF_EINVAL);
+    assert_int_equal(build_keys_new(kft_tmp("k2"), "ed25519", "x", 30, NULL, &err), KF_EINVAL);
     assert_non_null(strstr(err.msg, "Ed25519"));
-    assert_int_equal(build_keys_new(tmp("k2"), "rsa", "", 30, NULL, &err), KF_EINVAL);
-    assert_int_equal(build_keys_new(tmp("k2"), "rsa", "a\nb", 30, NULL, &err), KF_EINVAL);
-    assert_int_equal(build_keys_new(tmp("k2"), "rsa", "x", 0, NULL, &err), KF_EINVAL);
-    assert_int_equal(access(tmp("k2"), F_OK), -1);
-    assert_int_equal(build_keys_new(tmp("no/such/dir"), "p384", "x", 1, NULL, &err), KF_EIO);
+    assert_int_equal(build_keys_new(kft_tmp("k2"), "rsa", "", 30, NULL, &err), KF_EINVAL);
+    assert_int_equal(build_keys_new(kft_tmp("k2"), "rsa", "a\nb", 30, NULL, &err), KF_EINVAL);
+    assert_int_equal(build_keys_new(kft_tmp("k2"), "rsa", "x", 0, NULL, &err), KF_EINVAL);
+    assert_int_equal(access(kft_tmp("k2"), F_OK), -1);
+    assert_int_equal(build_keys_new(kft_tmp("no/such/dir"), "p384", "x", 1, NULL, &err), KF_EIO);
 
     /* RSA (2048 for speed; "rsa" is 4096). */
     check_cert(cert_of("rsa2048", "der"), 0);
@@ -260,7 +189,7 @@ static void test_keys_new(void **state)
 static void check_layout(const char *unsigned_path, const char *signed_path, size_t *sig_len)
 {
     size_t n0, n1, sl;
-    unsigned char *u = read_all(unsigned_path, &n0), *s = read_all(signed_path, &n1);
+    unsigned char *u = kft_read_all(unsigned_path, &n0), *s = kft_read_all(signed_path, &n1);
     const unsigned char *ms;
 
     assert_true(n1 > n0 + 40);
@@ -288,23 +217,23 @@ static void openssl_verify(const char *signed_path, const char *unsigned_path, s
     size_t n0, n1;
     unsigned char *s;
 
-    if (!have("openssl")) {
+    if (!kft_have("openssl")) {
         print_message("openssl command not found: CLI cross-check skipped\n");
         return;
     }
-    s = read_all(signed_path, &n1);
+    s = kft_read_all(signed_path, &n1);
     n0 = n1 - sig_len - 40;
-    write_all(tmp("sig.der"), s + n0, sig_len);
+    kft_write_all(kft_tmp("sig.der"), s + n0, sig_len);
     free(s);
-    assert_int_equal(sh("openssl cms -verify -binary -inform DER -in '%s' -content '%s' "
-                        "-certfile '%s' -nointern -noverify -out /dev/null 2>/dev/null",
-                        tmp("sig.der"), unsigned_path, cert_pem) == 0,
+    assert_int_equal(kft_sh("openssl cms -verify -binary -inform DER -in '%s' -content '%s' "
+                            "-certfile '%s' -nointern -noverify -out /dev/null 2>/dev/null",
+                            kft_tmp("sig.der"), unsigned_path, cert_pem) == 0,
                      expect_ok);
 }
 
 static void round_trip(const char *type, const char *hash)
 {
-    const char *mod = module_copy("m.ko"), *out = tmp("m-signed.ko");
+    const char *mod = module_copy("m.ko"), *out = kft_tmp("m-signed.ko");
     struct build_modinfo mi;
     struct kf_err err;
     size_t sig_len;
@@ -346,7 +275,7 @@ static void test_sign_p384(void **state)
 
 static void test_tamper(void **state)
 {
-    const char *mod = module_copy("t.ko"), *out = tmp("t-signed.ko");
+    const char *mod = module_copy("t.ko"), *out = kft_tmp("t-signed.ko");
     struct kf_err err;
     unsigned char *p;
     size_t n, i;
@@ -354,29 +283,32 @@ static void test_tamper(void **state)
     (void)state;
     assert_int_equal(
         build_sign_module(mod, out, key_of("p384"), cert_of("p384", "pem"), NULL, &err), 0);
-    p = read_all(out, &n);
+    p = kft_read_all(out, &n);
     /* One byte of the module's payload string, then one of the CMS. */
     {
         unsigned char *hit = memmem(p, n, "kfleet-fixture-payload", 22);
         assert_non_null(hit);
         hit[0] ^= 1;
-        write_all(tmp("t-bad.ko"), p, n);
+        kft_write_all(kft_tmp("t-bad.ko"), p, n);
         assert_int_equal(
-            build_verify_module_signature(tmp("t-bad.ko"), cert_of("p384", "der"), &err), KF_EAUTH);
+            build_verify_module_signature(kft_tmp("t-bad.ko"), cert_of("p384", "der"), &err),
+            KF_EAUTH);
         assert_non_null(strstr(err.msg, "does not verify"));
         hit[0] ^= 1;
     }
     /* The last bytes of the DER are the signature value itself. */
     i = n - 28 - 12 - 3;
     p[i] ^= 0x55;
-    write_all(tmp("t-bad.ko"), p, n);
-    assert_true(build_verify_module_signature(tmp("t-bad.ko"), cert_of("p384", "der"), &err) < 0);
+    kft_write_all(kft_tmp("t-bad.ko"), p, n);
+    assert_true(build_verify_module_signature(kft_tmp("t-bad.ko"), cert_of("p384", "der"), &err) <
+                0);
     p[i] ^= 0x55;
     /* A signature length that covers the whole file. */
     p[n - 28 - 4] = 0x7f;
-    write_all(tmp("t-bad.ko"), p, n);
-    assert_int_equal(build_verify_module_signature(tmp("t-bad.ko"), cert_of("p384", "der"), &err),
-                     KF_EPARSE);
+    kft_write_all(kft_tmp("t-bad.ko"), p, n);
+    assert_int_equal(
+        build_verify_module_signature(kft_tmp("t-bad.ko"), cert_of("p384", "der"), &err),
+        KF_EPARSE);
     free(p);
     /* Unsigned: not found. */
     assert_int_equal(build_verify_module_signature(mod, cert_of("p384", "der"), &err), KF_ENOENT);
@@ -394,12 +326,12 @@ static void test_refusals(void **state)
         build_sign_module(mod, NULL, key_of("p384"), cert_of("p384", "der"), NULL, &err), 0);
     {
         size_t n0, n1;
-        unsigned char *a = read_all(mod, &n0), *b;
+        unsigned char *a = kft_read_all(mod, &n0), *b;
         assert_int_equal(
             build_sign_module(mod, NULL, key_of("p384"), cert_of("p384", "der"), NULL, &err),
             KF_EEXIST);
         assert_non_null(strstr(err.msg, "already signed"));
-        b = read_all(mod, &n1);
+        b = kft_read_all(mod, &n1);
         assert_int_equal(n0, n1);
         assert_memory_equal(a, b, n0);
         free(a);
@@ -425,8 +357,8 @@ static void test_refusals(void **state)
     /* No certificate in the key file. */
     assert_int_equal(build_sign_module(mod, NULL, key_of("p384"), NULL, NULL, &err), KF_EPARSE);
     /* Not a module. */
-    write_all(tmp("notko.ko"), "hello", 5);
-    assert_int_equal(build_sign_module(tmp("notko.ko"), NULL, key_of("p384"),
+    kft_write_all(kft_tmp("notko.ko"), "hello", 5);
+    assert_int_equal(build_sign_module(kft_tmp("notko.ko"), NULL, key_of("p384"),
                                        cert_of("p384", "der"), NULL, &err),
                      KF_EPARSE);
 
@@ -446,8 +378,8 @@ static void test_refusals(void **state)
         X509_set_issuer_name(x, X509_get_subject_name(x));
         X509_set_pubkey(x, k);
         assert_true(X509_sign(x, k, NULL) > 0);
-        snprintf(ed_key, sizeof(ed_key), "%s/ed.pem", tmpdir);
-        snprintf(ed_cert, sizeof(ed_cert), "%s/ed.crt", tmpdir);
+        snprintf(ed_key, sizeof(ed_key), "%s/ed.pem", kft_tmpdir);
+        snprintf(ed_cert, sizeof(ed_cert), "%s/ed.crt", kft_tmpdir);
         f = fopen(ed_key, "w");
         assert_non_null(f);
         PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
@@ -462,26 +394,28 @@ static void test_refusals(void **state)
     assert_int_equal(build_sign_module(mod, NULL, ed_key, ed_cert, NULL, &err), KF_EUNSUPPORTED);
     assert_non_null(strstr(err.msg, "Ed25519 keys cannot sign kernel modules"));
     /* P-256 and small RSA: refused too. */
-    assert_int_equal(sh("openssl ecparam -name prime256v1 -genkey -noout -out '%s' 2>/dev/null",
-                        tmp("p256.pem")),
+    assert_int_equal(kft_sh("openssl ecparam -name prime256v1 -genkey -noout -out '%s' 2>/dev/null",
+                            kft_tmp("p256.pem")),
                      0);
     assert_int_equal(
-        build_sign_module(mod, NULL, tmp("p256.pem"), cert_of("p384", "der"), NULL, &err),
+        build_sign_module(mod, NULL, kft_tmp("p256.pem"), cert_of("p384", "der"), NULL, &err),
         KF_EUNSUPPORTED);
     assert_non_null(strstr(err.msg, "prime256v1"));
-    assert_int_equal(sh("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out '%s' "
-                        "2>/dev/null",
-                        tmp("rsa1024.pem")),
-                     0);
     assert_int_equal(
-        build_sign_module(mod, NULL, tmp("rsa1024.pem"), cert_of("p384", "der"), NULL, &err),
+        kft_sh("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out '%s' "
+               "2>/dev/null",
+               kft_tmp("rsa1024.pem")),
+        0);
+    assert_int_equal(
+        build_sign_module(mod, NULL, kft_tmp("rsa1024.pem"), cert_of("p384", "der"), NULL, &err),
         KF_EUNSUPPORTED);
     /* An encrypted key is refused, never prompted for. */
-    assert_int_equal(sh("openssl pkey -in '%s' -aes256 -passout pass:secret -out '%s' 2>/dev/null",
-                        key_of("p384"), tmp("enc.pem")),
-                     0);
     assert_int_equal(
-        build_sign_module(mod, NULL, tmp("enc.pem"), cert_of("p384", "der"), NULL, &err),
+        kft_sh("openssl pkey -in '%s' -aes256 -passout pass:secret -out '%s' 2>/dev/null",
+               key_of("p384"), kft_tmp("enc.pem")),
+        0);
+    assert_int_equal(
+        build_sign_module(mod, NULL, kft_tmp("enc.pem"), cert_of("p384", "der"), NULL, &err),
         KF_EPARSE);
     assert_non_null(strstr(err.msg, "encrypted"));
     /* Nothing of all this touched the module. */
@@ -495,13 +429,14 @@ static void test_combined_key_file(void **state)
     struct kf_err err;
 
     (void)state;
-    assert_int_equal(sh("cat '%s' '%s' >'%s'", key_of("rsa2048"), cert_of("rsa2048", "pem"),
-                        tmp("combined.pem")),
+    assert_int_equal(kft_sh("cat '%s' '%s' >'%s'", key_of("rsa2048"), cert_of("rsa2048", "pem"),
+                            kft_tmp("combined.pem")),
+                     0);
+    assert_int_equal(build_sign_module(mod, kft_tmp("c-signed.ko"), kft_tmp("combined.pem"), NULL,
+                                       "sha256", &err),
                      0);
     assert_int_equal(
-        build_sign_module(mod, tmp("c-signed.ko"), tmp("combined.pem"), NULL, "sha256", &err), 0);
-    assert_int_equal(
-        build_verify_module_signature(tmp("c-signed.ko"), cert_of("rsa2048", "der"), &err), 0);
+        build_verify_module_signature(kft_tmp("c-signed.ko"), cert_of("rsa2048", "der"), &err), 0);
 }
 
 /* Against the kernel's own tool, when a headers package ships it (or
@@ -535,26 +470,26 @@ static void test_sign_file_cross_check(void **state)
         skip();
     }
     mod = module_copy("k.ko");
-    assert_int_equal(sh("'%s' sha256 '%s' '%s' '%s' '%s'", tool, key_of("rsa2048"),
-                        cert_of("rsa2048", "der"), mod, tmp("k-kernel.ko")),
+    assert_int_equal(kft_sh("'%s' sha256 '%s' '%s' '%s' '%s'", tool, key_of("rsa2048"),
+                            cert_of("rsa2048", "der"), mod, kft_tmp("k-kernel.ko")),
                      0);
     assert_int_equal(
-        build_verify_module_signature(tmp("k-kernel.ko"), cert_of("rsa2048", "der"), &err), 0);
-    assert_int_equal(build_sign_module(mod, tmp("k-kfleet.ko"), key_of("rsa2048"),
+        build_verify_module_signature(kft_tmp("k-kernel.ko"), cert_of("rsa2048", "der"), &err), 0);
+    assert_int_equal(build_sign_module(mod, kft_tmp("k-kfleet.ko"), key_of("rsa2048"),
                                        cert_of("rsa2048", "der"), "sha256", &err),
                      0);
-    a = read_all(tmp("k-kernel.ko"), &n1);
-    b = read_all(tmp("k-kfleet.ko"), &n2);
+    a = kft_read_all(kft_tmp("k-kernel.ko"), &n1);
+    b = kft_read_all(kft_tmp("k-kfleet.ko"), &n2);
     assert_int_equal(n1, n2);
     assert_memory_equal(a, b, n1);
     free(a);
     free(b);
     /* P-384 signatures are randomized: verify sign-file's with kfleet. */
-    assert_int_equal(sh("'%s' sha384 '%s' '%s' '%s' '%s'", tool, key_of("p384"),
-                        cert_of("p384", "pem"), mod, tmp("k-kernel-ec.ko")),
+    assert_int_equal(kft_sh("'%s' sha384 '%s' '%s' '%s' '%s'", tool, key_of("p384"),
+                            cert_of("p384", "pem"), mod, kft_tmp("k-kernel-ec.ko")),
                      0);
     assert_int_equal(
-        build_verify_module_signature(tmp("k-kernel-ec.ko"), cert_of("p384", "der"), &err), 0);
+        build_verify_module_signature(kft_tmp("k-kernel-ec.ko"), cert_of("p384", "der"), &err), 0);
 }
 
 int main(void)
@@ -568,5 +503,5 @@ int main(void)
         cmocka_unit_test(test_combined_key_file),
         cmocka_unit_test(test_sign_file_cross_check),
     };
-    return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
+    return cmocka_run_group_tests(tests, kft_setup_tmpdir, kft_teardown_tmpdir);
 }
