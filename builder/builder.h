@@ -299,4 +299,31 @@ int build_install_sh(struct buf *out, const char *kernel_release, const char *dr
 int build_uninstall_sh(struct buf *out, const char *kernel_release, const char *driver_version,
                        const struct build_module *mods, size_t n, struct kf_err *err);
 
+/* ------------------------------------------------------------------------ */
+/* Archives between the control host and builders (archive.c)               */
+
+/* The directory dir as one uncompressed tar in out (appended), every member
+ * under the top directory top ("src"), sorted by name, owner root, modes
+ * 0644/0755 (executable bits kept), mtimes = mtime: the same tree gives the
+ * same bytes, whose sha256 names the source on builders. Leftovers of an
+ * earlier build (*.o, *.ko, *.mod, *.mod.c, *.cmd, Module.symvers,
+ * modules.order) and .git are left out. Symlinks, devices and the like are
+ * refused (KF_EUNSUPPORTED): on the builder they could point anywhere. */
+int build_source_tar(const char *dir, const char *top, int64_t mtime, struct buf *out,
+                     char sha256[BUILD_SHA256_HEX], struct kf_err *err);
+
+/* Unpacks a tar (optionally gzip) held in memory under dir, which must
+ * exist. Only regular files and directories with relative paths free of
+ * ".." are accepted (anything else fails the whole archive, KF_EUNTRUSTED);
+ * modes become 0644/0755, owners the caller; existing files are never
+ * overwritten; more than max_bytes of file data is KF_ETRUNC. On failure
+ * what was written stays: unpack into a fresh directory and remove it. */
+int build_untar(const void *data, size_t len, const char *dir, uint64_t max_bytes,
+                struct kf_err *err);
+
+/* Writes a whole file atomically: a temporary file in the same directory,
+ * fsync, rename over path, fsync of the directory. */
+int build_write_file_atomic(const char *path, const void *p, size_t n, unsigned mode,
+                            struct kf_err *err);
+
 #endif

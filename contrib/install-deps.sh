@@ -15,10 +15,15 @@ libssl-dev libsqlite3-dev libyaml-dev libjansson-dev"
 # shell scripts; sqlite3 to inspect the state database from tests.
 TEST="libcmocka-dev openssh-server openssh-client util-linux procps shellcheck
 sqlite3 python3 jq sudo iproute2 clang-format openssl"
+# Builds: rootful podman with runc (crun refuses hybrid cgroups; runc named
+# on the same apt line is what podman's "crun | runc" takes), debootstrap
+# and the archive keyring for the builder base image; binutils (objcopy)
+# strips modules on the control host.
+RUNTIME="podman runc debootstrap debian-archive-keyring binutils kmod"
 # bench/: the tools an operator would otherwise use, measured in the same run.
 BENCH="pssh ansible-core time"
 
-pkgs="$BUILD $TEST"
+pkgs="$BUILD $TEST $RUNTIME"
 for arg in "$@"; do
 	case "$arg" in
 	--bench) pkgs="$pkgs $BENCH" ;;

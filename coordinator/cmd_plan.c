@@ -9,28 +9,10 @@
  * string (uname -v) are reported: a module built against one may not load
  * in the other. */
 #include "coordinator.h"
+#include "dkms.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-enum plan_status { PLAN_STORED, PLAN_BUILD, PLAN_NA };
-
-struct plan_key {
-    char kernel[INV_KREL_MAX + 1];
-    char arch[32];
-    char os_id[64];
-    char os_version[64];
-    enum plan_status status;
-    char reason[160];
-    struct coord_groups hosts;  /* one group "all": every node needing it */
-    size_t running, installed;  /* nodes running it / only having it installed */
-    struct coord_groups builds; /* running nodes by uname -v */
-};
-
-struct plan {
-    struct plan_key *keys;
-    size_t n;
-};
 
 /* Leading numeric components of a release or bound: "6.1.0-47" -> 6,1,0. */
 static size_t version_parts(const char *s, unsigned long *v, size_t max)
@@ -77,7 +59,8 @@ static const char *distro_family(const char *id, const char *like)
     return NULL;
 }
 
-static void judge(const struct coord_profile *p, struct plan_key *k, const char *os_like)
+static void judge(const struct coord_profile *p, const struct build_dkms *dkms,
+                  struct coord_plan_key *k, const char *os_like)
 {
     size_t i;
     int ok = p->narches == 0;
@@ -104,13 +87,20 @@ static void judge(const struct coord_profile *p, struct plan_key *k, const char 
                  "no kernel headers package known for distro '%s' (Debian-like and RHEL-like "
                  "are)",
                  k->os_id);
+    } else if (dkms != NULL) {
+        struct kf_err err;
+        int r = build_dkms_applies(dkms, k->kernel, k->arch, k->reason, sizeof(k->reason), &err);
+        if (r < 0)
+            snprintf(k->reason, sizeof(k->reason), "%s", kf_err_msg(&err));
+        if (r <= 0)
+            k->status = PLAN_NA;
     }
 }
 
-static struct plan_key *plan_get(struct plan *pl, const char *kernel, const char *arch,
-                                 const char *os_id, const char *os_version, int *created)
+static struct coord_plan_key *plan_get(struct coord_plan *pl, const char *kernel, const char *arch,
+                                       const char *os_id, const char *os_version, int *created)
 {
-    struct plan_key *k;
+    struct coord_plan_key *k;
     size_t i;
 
     *created = 0;
@@ -136,7 +126,7 @@ static struct plan_key *plan_get(struct plan *pl, const char *kernel, const char
     return k;
 }
 
-static void plan_release(struct plan *pl)
+void coord_plan_release(struct coord_plan *pl)
 {
     size_t i;
 
@@ -149,7 +139,7 @@ static void plan_release(struct plan *pl)
 
 static int key_cmp(const void *a, const void *b)
 {
-    const struct plan_key *x = a, *y = b;
+    const struct coord_plan_key *x = a, *y = b;
     int c;
 
     if (x->status != y->status)
@@ -163,14 +153,15 @@ static int key_cmp(const void *a, const void *b)
     return strverscmp(x->os_version, y->os_version);
 }
 
-static const char *status_word(enum plan_status s)
+static const char *status_word(enum coord_plan_status s)
 {
     return s == PLAN_STORED ? "stored" : s == PLAN_BUILD ? "build" : "n/a";
 }
 
-static int plan_collect(struct coord_db *db, const struct inventory *inv, const size_t *idx,
-                        size_t n, const struct coord_profile *prof, const char *driver,
-                        struct plan *pl, struct coord_groups *nofacts, struct kf_err *err)
+int coord_plan_collect(struct coord_db *db, const struct inventory *inv, const size_t *idx,
+                       size_t n, const struct coord_profile *prof, const struct build_dkms *dkms,
+                       const char *driver, struct coord_plan *pl, struct coord_groups *nofacts,
+                       struct kf_err *err)
 {
     sqlite3_stmt *q = NULL, *art = NULL;
     size_t i;
@@ -200,7 +191,7 @@ static int plan_collect(struct coord_db *db, const struct inventory *inv, const 
             const char *kbuild = (const char *)sqlite3_column_text(q, 3);
             const char *rel = (const char *)sqlite3_column_text(q, 4);
             int running = sqlite3_column_int(q, 5);
-            struct plan_key *k;
+            struct coord_plan_key *k;
 
             rows++;
             /* The database holds only validated facts; check again anyway:
@@ -217,7 +208,7 @@ static int plan_collect(struct coord_db *db, const struct inventory *inv, const 
                 json_t *fj = json_loads((const char *)sqlite3_column_text(q, 6), 0, NULL);
                 const char *like =
                     json_string_value(json_object_get(json_object_get(fj, "os"), "like"));
-                judge(prof, k, like);
+                judge(prof, dkms, k, like);
                 json_decref(fj);
                 if (k->status == PLAN_BUILD) {
                     sqlite3_bind_text(art, 1, prof->name, -1, SQLITE_STATIC);
@@ -255,14 +246,14 @@ out:
     return rc;
 }
 
-static void print_plan_json(const struct plan *pl, const struct coord_groups *nofacts,
+static void print_plan_json(const struct coord_plan *pl, const struct coord_groups *nofacts,
                             const struct coord_profile *prof, const char *driver)
 {
     json_t *doc = json_object(), *keys = json_array(), *nf = json_array();
     size_t i, j, counts[3] = {0, 0, 0};
 
     for (i = 0; i < pl->n; i++) {
-        const struct plan_key *k = &pl->keys[i];
+        const struct coord_plan_key *k = &pl->keys[i];
         json_t *o = json_object(), *hosts = json_array(), *builds = json_object();
         for (j = 0; j < k->hosts.g[0].n; j++)
             json_array_append_new(hosts, json_string(k->hosts.g[0].names[j]));
@@ -301,7 +292,7 @@ static void print_plan_json(const struct plan *pl, const struct coord_groups *no
     json_decref(doc);
 }
 
-static void print_plan_human(const struct plan *pl, const struct coord_groups *nofacts,
+static void print_plan_human(const struct coord_plan *pl, const struct coord_groups *nofacts,
                              const struct coord_profile *prof, const char *driver)
 {
     struct buf b;
@@ -318,7 +309,7 @@ static void print_plan_human(const struct plan *pl, const struct coord_groups *n
                "RUNNING", "INSTALLED", "HOSTS");
     buf_init(&b, 0);
     for (i = 0; i < pl->n; i++) {
-        const struct plan_key *k = &pl->keys[i];
+        const struct coord_plan_key *k = &pl->keys[i];
         char os[140];
         buf_reset(&b);
         coord_group_fold(&k->hosts.g[0], &b);
@@ -353,21 +344,20 @@ int cmd_plan(struct coord_opts *o)
     struct coord_db db;
     struct coord_config cfg;
     struct coord_groups nofacts;
-    struct plan pl = {NULL, 0};
+    struct coord_plan pl = {NULL, 0};
+    struct coord_source src;
     const struct coord_profile *prof;
+    const char *driver;
     struct kf_err err;
     char *state_dir = NULL;
     size_t *idx = NULL, n = 0, i;
     int rc, exit_code = KF_EXIT_USAGE;
 
     memset(&db, 0, sizeof(db));
+    coord_source_init(&src);
     coord_config_init(&cfg);
     coord_groups_init(&nofacts);
     kf_err_clear(&err);
-    if (o->driver == NULL || !kf_driver_version_valid(o->driver)) {
-        fprintf(stderr, "kfleet: plan needs --driver VERSION, like --driver 550.54.15\n");
-        return KF_EXIT_USAGE;
-    }
     rc = coord_load_selection(o, &inv, &idx, &n);
     if (rc != 0)
         return rc;
@@ -393,23 +383,38 @@ int cmd_plan(struct coord_opts *o)
         buf_release(&names);
         goto out;
     }
+    /* A DKMS package's BUILD_EXCLUSIVE_* settings make kernels n/a. */
+    if (prof->type == PROFILE_KMOD && (o->source || prof->source)) {
+        if (coord_source_inspect(prof, o->source, 0, &src, &err) < 0) {
+            fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
+            goto out;
+        }
+    }
+    /* The version: --driver, else a DKMS package's PACKAGE_VERSION. */
+    driver = o->driver ? o->driver : src.has_dkms ? src.dkms.package_version : NULL;
+    if (driver == NULL || !kf_driver_version_valid(driver)) {
+        fprintf(stderr, "kfleet: plan needs --driver VERSION, like --driver 550.54.15\n");
+        goto out;
+    }
     if (coord_db_open(&db, state_dir, &err) < 0) {
         fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
         exit_code = KF_EXIT_ERROR;
         goto out;
     }
-    if (plan_collect(&db, &inv, idx, n, prof, o->driver, &pl, &nofacts, &err) < 0) {
+    if (coord_plan_collect(&db, &inv, idx, n, prof, src.has_dkms ? &src.dkms : NULL, driver, &pl,
+                           &nofacts, &err) < 0) {
         fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
         exit_code = KF_EXIT_ERROR;
         goto out;
     }
     if (o->json)
-        print_plan_json(&pl, &nofacts, prof, o->driver);
+        print_plan_json(&pl, &nofacts, prof, driver);
     else
-        print_plan_human(&pl, &nofacts, prof, o->driver);
+        print_plan_human(&pl, &nofacts, prof, driver);
     exit_code = KF_EXIT_OK;
 out:
-    plan_release(&pl);
+    coord_plan_release(&pl);
+    coord_source_release(&src);
     coord_groups_release(&nofacts);
     coord_db_close(&db);
     coord_config_release(&cfg);

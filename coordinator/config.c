@@ -184,8 +184,9 @@ static void profile_release(struct coord_profile *p)
 
 static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct coord_profile *p)
 {
-    static const char *const keys[] = {"type",    "source",  "flavor", "modules",   "peermem",
-                                       "kernels", "headers", "arch",   "make_vars", NULL};
+    static const char *const keys[] = {"type",      "source",         "flavor",  "modules",
+                                       "peermem",   "kernels",        "headers", "arch",
+                                       "make_vars", "stub_threshold", NULL};
     static const char *const kkeys[] = {"min", "max", NULL};
     static const char *const hkeys[] = {"debian", "rhel", NULL};
     char path[200], *type = NULL, *flavor = NULL;
@@ -235,6 +236,7 @@ static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct 
     }
     if ((rc = get_string(x, v, path, "source", &p->source)) < 0 ||
         (rc = get_bool(x, v, path, "peermem", &p->peermem)) < 0 ||
+        (rc = get_uint(x, v, path, "stub_threshold", 1, 1u << 30, &p->stub_threshold)) < 0 ||
         (rc = get_strv(x, v, path, "modules", kf_modname_valid, "a module name", &p->modules,
                        &p->nmodules)) < 0 ||
         (rc = get_strv(x, v, path, "arch", arch_valid, "an architecture like x86_64", &p->arches,
@@ -257,10 +259,8 @@ static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct 
                 goto out;
             }
     }
-    if (p->nmodules == 0) {
-        rc = bad(x, path, "modules: a kmod profile lists its modules in load order");
-        goto out;
-    }
+    /* A kmod profile without modules takes a dkms.conf's BUILT_MODULE_NAME
+     * list, or every module its build makes. */
     k = json_object_get(v, "kernels");
     if (k != NULL && !json_is_null(k)) {
         char kp[240];
@@ -363,6 +363,8 @@ out:
 void coord_config_init(struct coord_config *c)
 {
     memset(c, 0, sizeof(*c));
+    c->build_timeout = 3600;
+    c->build_retries = 2;
 }
 
 void coord_config_release(struct coord_config *c)
@@ -377,6 +379,7 @@ void coord_config_release(struct coord_config *c)
     for (i = 0; i < c->nbuilders; i++) {
         free(c->builders[i].name);
         free(c->builders[i].host);
+        free(c->builders[i].cache);
     }
     free(c->builders);
     free(c->path);
@@ -391,11 +394,12 @@ void coord_config_release(struct coord_config *c)
 
 static int parse_root(struct cfg_ctx *x, json_t *root, struct coord_config *c)
 {
-    static const char *const keys[] = {"store",   "container", "builders",
+    static const char *const keys[] = {"store",   "container", "builders", "build",
                                        "signing", "profiles",  NULL};
+    static const char *const bdkeys[] = {"timeout", "retries", NULL};
     static const char *const ckeys[] = {"runtime", "run_args", NULL};
     static const char *const skeys[] = {"key", "cert", "hash", NULL};
-    static const char *const bkeys[] = {"name", "host", "slots", NULL};
+    static const char *const bkeys[] = {"name", "host", "slots", "jobs", "cache", NULL};
     json_t *v, *item;
     const char *name;
     size_t i;
@@ -417,6 +421,16 @@ static int parse_root(struct cfg_ctx *x, json_t *root, struct coord_config *c)
             (rc = get_string(x, v, "container", "runtime", &c->runtime)) < 0 ||
             (rc = get_strv(x, v, "container", "run_args", NULL, NULL, &c->run_args,
                            &c->nrun_args)) < 0)
+            return rc;
+    }
+
+    v = json_object_get(root, "build");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_object(v))
+            return bad(x, "build", "expected a mapping with timeout and retries");
+        if ((rc = only_keys(x, "build", v, bdkeys)) < 0 ||
+            (rc = get_uint(x, v, "build", "timeout", 60, 7 * 24 * 3600, &c->build_timeout)) < 0 ||
+            (rc = get_uint(x, v, "build", "retries", 0, 10, &c->build_retries)) < 0)
             return rc;
     }
 
@@ -454,8 +468,12 @@ static int parse_root(struct cfg_ctx *x, json_t *root, struct coord_config *c)
             if ((rc = only_keys(x, bp, item, bkeys)) < 0 ||
                 (rc = get_string(x, item, bp, "name", &b->name)) < 0 ||
                 (rc = get_string(x, item, bp, "host", &b->host)) < 0 ||
-                (rc = get_uint(x, item, bp, "slots", 1, 256, &b->slots)) < 0)
+                (rc = get_uint(x, item, bp, "slots", 1, 256, &b->slots)) < 0 ||
+                (rc = get_uint(x, item, bp, "jobs", 0, 1024, &b->jobs)) < 0 ||
+                (rc = get_string(x, item, bp, "cache", &b->cache)) < 0)
                 return rc;
+            if (b->cache != NULL && b->cache[0] != '/')
+                return bad(x, bp, "cache: expected an absolute path on the builder");
             if (b->host == NULL && (b->host = strdup("local")) == NULL)
                 return kf_err_set(x->err, KF_ENOMEM, "out of memory");
             if (b->name == NULL && (b->name = strdup(b->host)) == NULL)

@@ -6,6 +6,8 @@
 #include "common.h"
 #include "inventory.h"
 #include "ssh.h"
+#include "proc.h"
+#include "dkms.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -36,8 +38,21 @@ struct coord_opts {
     unsigned command_timeout_ms;
     size_t output_limit; /* bytes of stdout kept per host */
     int json;
-    int print_probe; /* facts: print the remote command and exit */
-    int progress;    /* -1 auto (TTY), 0 off, 1 on */
+    int print_probe;         /* facts: print the remote command and exit */
+    const char *source;      /* --source: replaces the profile's source */
+    int missing;             /* build --missing */
+    const char *kernels[64]; /* build --kernel K ... */
+    size_t nkernels;
+    int force;           /* build: rebuild what is stored; artifacts rm */
+    int retry_failed;    /* build: retry keys whose last build failed */
+    const char *builder; /* build, builder image: only this builder */
+    const char *dir;     /* keys new --dir */
+    const char *key_type;
+    const char *cn;
+    unsigned days;
+    char **args; /* words after the command ("artifacts list") */
+    size_t nargs;
+    int progress; /* -1 auto (TTY), 0 off, 1 on */
     int verbose;
 };
 
@@ -72,12 +87,15 @@ struct coord_profile {
     size_t narches;
     struct coord_make_var *make_vars;
     size_t nmake_vars;
+    unsigned stub_threshold; /* bytes; 0: BUILD_STUB_THRESHOLD_DEFAULT */
 };
 
 struct coord_builder {
     char *name;
     char *host; /* "local" or an inventory host */
     unsigned slots;
+    unsigned jobs; /* make -j inside a build; 0: the builder's CPU count */
+    char *cache;   /* the worker's cache directory on the builder; NULL: default */
 };
 
 struct coord_config {
@@ -88,6 +106,8 @@ struct coord_config {
     size_t nrun_args;
     struct coord_builder *builders; /* default: one local slot */
     size_t nbuilders;
+    unsigned build_timeout; /* seconds per build; default 3600 */
+    unsigned build_retries; /* requeues after a builder died; default 2 */
     char *sign_key, *sign_cert, *sign_hash;
     struct coord_profile *profiles;
     size_t nprofiles;
@@ -195,5 +215,187 @@ struct coord_progress {
 void coord_progress_init(struct coord_progress *p, int mode, const char *label, size_t total);
 void coord_progress_update(struct coord_progress *p, size_t done, size_t failed, int force);
 void coord_progress_clear(struct coord_progress *p);
+
+/* --- plan (cmd_plan.c) ------------------------------------------------------ */
+
+enum coord_plan_status { PLAN_STORED, PLAN_BUILD, PLAN_NA };
+
+/* One build key of the plan and the nodes that need it. */
+struct coord_plan_key {
+    char kernel[INV_KREL_MAX + 1];
+    char arch[32];
+    char os_id[64];
+    char os_version[64];
+    enum coord_plan_status status;
+    char reason[160];
+    struct coord_groups hosts;  /* one group "all": every node needing it */
+    size_t running, installed;  /* nodes running it / only having it installed */
+    struct coord_groups builds; /* running nodes by uname -v */
+};
+
+struct coord_plan {
+    struct coord_plan_key *keys;
+    size_t n;
+};
+
+/* The build keys that the selected hosts' stored facts call for, judged
+ * against the profile (and, for a DKMS package, its BUILD_EXCLUSIVE_*
+ * settings: dkms may be NULL) and the catalog. Hosts with no facts are
+ * added to nofacts. Keys are sorted: stored, build, n/a; then by kernel. */
+int coord_plan_collect(struct coord_db *db, const struct inventory *inv, const size_t *idx,
+                       size_t n, const struct coord_profile *prof, const struct build_dkms *dkms,
+                       const char *driver, struct coord_plan *pl, struct coord_groups *nofacts,
+                       struct kf_err *err);
+void coord_plan_release(struct coord_plan *pl);
+
+/* --- driver sources (source.c) ---------------------------------------------- */
+
+enum coord_source_kind { SRC_KBUILD, SRC_DKMS, SRC_NVIDIA_RUN, SRC_NVIDIA_OPEN };
+
+struct coord_source {
+    enum coord_source_kind kind;
+    char *path;
+    struct buf data; /* the bytes sent to builders (loaded only when asked) */
+    char sha256[65]; /* of data: the source's name on builders */
+    int has_dkms;
+    struct build_dkms dkms; /* kind SRC_DKMS */
+};
+
+const char *coord_source_kind_name(enum coord_source_kind k);
+void coord_source_init(struct coord_source *s);
+void coord_source_release(struct coord_source *s);
+/* Looks at the profile's source (override, when set, replaces the
+ * profile's): the kind of build, a dkms.conf's settings, and with load the
+ * bytes to send and their sha256. Errors name the profile and the path. */
+int coord_source_inspect(const struct coord_profile *p, const char *override, int load,
+                         struct coord_source *s, struct kf_err *err);
+
+/* --- artifact store and build records (store.c) ----------------------------- */
+
+/* A build key. */
+struct coord_key {
+    const char *profile, *driver, *kernel, *arch, *os_id, *os_version;
+};
+
+/* The package's directory name: "nvidia-driver-DRIVER-kernel-KERNEL-ARCH"
+ * for NVIDIA profiles, "PROFILE-DRIVER-kernel-KERNEL-ARCH" for kmod ones. */
+int coord_store_topdir(const struct coord_profile *p, const struct coord_key *k, char *out,
+                       size_t outsz, struct kf_err *err);
+/* The key's directory in the store: STORE/DRIVER/kernel-KERNEL for the
+ * profile named "nvidia", STORE/PROFILE/DRIVER/kernel-KERNEL otherwise.
+ * malloc'ed. */
+char *coord_store_keydir(const struct coord_config *c, const struct coord_key *k);
+
+struct coord_artifact {
+    char profile[64], driver[64], kernel[INV_KREL_MAX + 1], arch[32], os_id[64], os_version[64];
+    char path[4096]; /* the .tar.gz */
+    char sha256[65];
+    long long size, build_id, created_at;
+};
+
+/* Records an artifact (replacing the key's previous one). */
+int coord_db_artifact_put(struct coord_db *d, const struct coord_key *k, const char *kernel_build,
+                          const char *path, const char *sha256, long long size, long long build_id,
+                          long long now, struct kf_err *err);
+/* 1 and *a filled when the key is in the catalog, 0 when not. */
+int coord_db_artifact_get(struct coord_db *d, const struct coord_key *k, struct coord_artifact *a,
+                          struct kf_err *err);
+/* Every artifact matching the filters (NULL: any), sorted by profile,
+ * driver, kernel. *out malloc'ed. */
+int coord_db_artifact_list(struct coord_db *d, const char *profile, const char *driver,
+                           const char *kernel, struct coord_artifact **out, size_t *n,
+                           struct kf_err *err);
+int coord_db_artifact_del(struct coord_db *d, const struct coord_artifact *a, struct kf_err *err);
+
+/* A build attempt: begin returns its id; end records the outcome. */
+int coord_db_build_begin(struct coord_db *d, const struct coord_key *k, const char *inputs,
+                         const char *source_sha256, long long now, long long *id,
+                         struct kf_err *err);
+int coord_db_build_end(struct coord_db *d, long long id, const char *builder, const char *status,
+                       const char *error, const char *log_path, double seconds,
+                       const char *artifact_sha256, long long now, struct kf_err *err);
+/* The last finished build of the key: 1 with status, inputs hash and log
+ * path filled (each buffer 4096 bytes or more), 0 when there is none. */
+int coord_db_build_last(struct coord_db *d, const struct coord_key *k, char *status, char *inputs,
+                        char *error, char *log_path, struct kf_err *err);
+
+/* Writes STORE/index.json (atomically) from the catalog: repository,
+ * last_updated, drivers[] {version, profile, supported_kernels[]}. */
+int coord_store_write_index(struct coord_db *d, const struct coord_config *c, long long now,
+                            struct kf_err *err);
+
+/* --- builder workers (worker.c) --------------------------------------------- */
+
+/* Environment for every worker action: KFLEET_RUNTIME, KFLEET_RUN_ARGS,
+ * KFLEET_BUILD_TIMEOUT from the configuration, plus per-build values. */
+struct coord_worker_env {
+    char *vars[24]; /* "NAME=VALUE" */
+    size_t n;
+};
+
+int coord_worker_env_add(struct coord_worker_env *e, const char *name, const char *value);
+int coord_worker_env_from_config(struct coord_worker_env *e, const struct coord_config *c);
+void coord_worker_env_release(struct coord_worker_env *e);
+
+enum coord_worker_state { W_NEW, W_CHECK, W_IMAGE, W_SOURCE, W_READY, W_DEAD };
+const char *coord_worker_state_name(enum coord_worker_state s);
+
+struct coord_lane;
+typedef void (*coord_lane_cb)(struct coord_lane *l);
+
+/* One build slot of a worker: one action at a time. */
+struct coord_lane {
+    struct coord_worker *worker;
+    unsigned index;
+    void *job; /* the build it runs, owned by the caller */
+    /* transport */
+    struct kf_proc *proc;  /* local */
+    struct ssh_conn *conn; /* remote, kept between actions */
+    int connected, conn_broken, busy;
+    struct ssh_exec x;
+    char *command;
+    const void *in;
+    size_t inlen, out_limit;
+    unsigned timeout_ms;
+    coord_lane_cb cb;
+    /* result of the last action, valid inside cb */
+    int status;      /* 0: ran to its end; KF_E* otherwise */
+    int exit_status; /* the worker's exit status, -1 when none */
+    struct buf *out, *err;
+    char message[512]; /* why, when status != 0 */
+};
+
+struct coord_worker {
+    const struct coord_builder *cfg;
+    const struct inv_host *host; /* NULL: the local host */
+    uv_loop_t *loop;
+    struct ssh_engine *engine;
+    const struct coord_worker_env *env;
+    enum coord_worker_state state;
+    char arch[32];
+    char why[512]; /* DEAD: the reason */
+    struct coord_lane *lanes;
+    unsigned nlanes;
+    void *owner; /* the caller's run */
+};
+
+/* Runs `worker.sh ACTION ARGS` on the lane with stdin in (kept alive by
+ * the caller), stdout kept up to out_limit; cb runs once when it ended.
+ * Returns <0 (and no callback) when it could not start. */
+int coord_lane_exec(struct coord_lane *l, const char *const *args, size_t nargs, const void *in,
+                    size_t inlen, size_t out_limit, unsigned timeout_ms, coord_lane_cb cb);
+/* Stops the lane's running action (its callback still runs, or, for a
+ * remote lane, the connection is closed and no callback runs). */
+void coord_lane_kill(struct coord_lane *l);
+/* Closes the lane's process or connection; no callback runs after. */
+void coord_lane_close(struct coord_lane *l);
+
+/* builder/worker.sh, embedded at build time. */
+extern const char kf_worker_script[];
+
+int cmd_build(struct coord_opts *o);
+int cmd_builder(struct coord_opts *o);
+int cmd_artifacts(struct coord_opts *o);
+int cmd_keys(struct coord_opts *o);
 
 #endif

@@ -6,7 +6,9 @@
  *   1: hosts, facts (latest attempt per host, last good facts kept),
  *      host_kernels (installed kernels per host).
  *   2: artifacts: the catalog of the artifact store, one row per build key
- *      (profile, driver, kernel, arch, distro). */
+ *      (profile, driver, kernel, arch, distro).
+ *   3: builds: every build attempt (status, builder, log, inputs hash), so a
+ *      failure is remembered and retried only when its inputs change. */
 #include "coordinator.h"
 
 #include <errno.h>
@@ -54,6 +56,20 @@ static const char *const migrations[] = {
     "  build_id INTEGER, created_at INTEGER NOT NULL,"
     "  PRIMARY KEY (profile, driver, kernel, arch, os_id, os_version)"
     ");",
+    /* 3 */
+    "CREATE TABLE builds ("
+    "  id INTEGER PRIMARY KEY,"
+    "  profile TEXT NOT NULL, driver TEXT NOT NULL, kernel TEXT NOT NULL,"
+    "  arch TEXT NOT NULL, os_id TEXT NOT NULL, os_version TEXT NOT NULL,"
+    "  inputs TEXT NOT NULL," /* sha256 over source, profile and settings */
+    "  source_sha256 TEXT NOT NULL,"
+    "  builder TEXT,"
+    "  status TEXT NOT NULL," /* running, ok, failed, canceled, not_applicable */
+    "  error TEXT, log_path TEXT,"
+    "  started_at INTEGER NOT NULL, finished_at INTEGER, seconds REAL,"
+    "  artifact_sha256 TEXT"
+    ");"
+    "CREATE INDEX builds_key ON builds(profile, driver, kernel, arch, os_id, os_version);",
 };
 
 enum {
@@ -138,7 +154,7 @@ static int make_private_dir(const char *dir, struct kf_err *err)
     return 0;
 }
 
-static int db_exec(struct coord_db *d, const char *sql, struct kf_err *err)
+int coord_db_exec(struct coord_db *d, const char *sql, struct kf_err *err)
 {
     char *msg = NULL;
 
@@ -169,7 +185,7 @@ static int migrate(struct coord_db *d, struct kf_err *err)
     int v, rc;
     char sql[64];
 
-    rc = db_exec(d, "BEGIN IMMEDIATE", err);
+    rc = coord_db_exec(d, "BEGIN IMMEDIATE", err);
     if (rc < 0)
         return rc;
     v = coord_db_schema_version(d);
@@ -185,15 +201,15 @@ static int migrate(struct coord_db *d, struct kf_err *err)
         goto out;
     }
     for (; v < latest; v++) {
-        rc = db_exec(d, migrations[v], err);
+        rc = coord_db_exec(d, migrations[v], err);
         if (rc < 0)
             goto out;
         snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
-        rc = db_exec(d, sql, err);
+        rc = coord_db_exec(d, sql, err);
         if (rc < 0)
             goto out;
     }
-    rc = db_exec(d, "COMMIT", err);
+    rc = coord_db_exec(d, "COMMIT", err);
 out:
     if (rc < 0)
         sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
@@ -225,10 +241,10 @@ int coord_db_open(struct coord_db *d, const char *dir, struct kf_err *err)
         goto fail;
     }
     sqlite3_busy_timeout(d->db, 5000);
-    rc = db_exec(d,
-                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
-                 "PRAGMA foreign_keys = ON;",
-                 err);
+    rc = coord_db_exec(d,
+                       "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
+                       "PRAGMA foreign_keys = ON;",
+                       err);
     if (rc < 0)
         goto fail;
     rc = migrate(d, err);
@@ -288,7 +304,7 @@ int coord_db_store_facts(struct coord_db *d, const char *host, long long now,
     size_t i;
     int rc;
 
-    rc = db_exec(d, "BEGIN IMMEDIATE", err);
+    rc = coord_db_exec(d, "BEGIN IMMEDIATE", err);
     if (rc < 0)
         return rc;
     st = d->st[ST_HOST_UPSERT];
@@ -358,7 +374,7 @@ out:
     free(js);
     json_decref(j);
     if (rc == 0)
-        rc = db_exec(d, "COMMIT", err);
+        rc = coord_db_exec(d, "COMMIT", err);
     if (rc < 0)
         sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
     return rc;

@@ -26,11 +26,21 @@ int main(int argc, char **argv)
         return cmd_facts(&o);
     if (strcmp(o.command, "plan") == 0)
         return cmd_plan(&o);
+    if (strcmp(o.command, "build") == 0)
+        return cmd_build(&o);
+    if (strcmp(o.command, "builder") == 0)
+        return cmd_builder(&o);
+    if (strcmp(o.command, "artifacts") == 0)
+        return cmd_artifacts(&o);
+    if (strcmp(o.command, "keys") == 0)
+        return cmd_keys(&o);
     if (strcmp(o.command, "version") == 0) {
         printf("kfleet %s\n", KF_VERSION);
         return KF_EXIT_OK;
     }
-    fprintf(stderr, "kfleet: unknown command '%s' (commands: hosts, facts, plan, version, help)\n",
+    fprintf(stderr,
+            "kfleet: unknown command '%s' (commands: hosts, facts, plan, build, builder, "
+            "artifacts, keys, version, help)\n",
             o.command);
     return KF_EXIT_USAGE;
 }

@@ -25,6 +25,16 @@ enum {
     OPT_CONFIG,
     OPT_DRIVER,
     OPT_PROFILE,
+    OPT_SOURCE,
+    OPT_MISSING,
+    OPT_KERNEL,
+    OPT_FORCE,
+    OPT_RETRY_FAILED,
+    OPT_BUILDER,
+    OPT_DIR,
+    OPT_KEY_TYPE,
+    OPT_CN,
+    OPT_DAYS,
 };
 
 static const struct option long_opts[] = {
@@ -50,6 +60,16 @@ static const struct option long_opts[] = {
     {"config", required_argument, NULL, OPT_CONFIG},
     {"driver", required_argument, NULL, OPT_DRIVER},
     {"profile", required_argument, NULL, OPT_PROFILE},
+    {"source", required_argument, NULL, OPT_SOURCE},
+    {"missing", no_argument, NULL, OPT_MISSING},
+    {"kernel", required_argument, NULL, OPT_KERNEL},
+    {"force", no_argument, NULL, OPT_FORCE},
+    {"retry-failed", no_argument, NULL, OPT_RETRY_FAILED},
+    {"builder", required_argument, NULL, OPT_BUILDER},
+    {"dir", required_argument, NULL, OPT_DIR},
+    {"type", required_argument, NULL, OPT_KEY_TYPE},
+    {"cn", required_argument, NULL, OPT_CN},
+    {"days", required_argument, NULL, OPT_DAYS},
     {NULL, 0, NULL, 0},
 };
 
@@ -273,6 +293,42 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
         case OPT_PROFILE:
             o->profile = optarg;
             break;
+        case OPT_SOURCE:
+            o->source = optarg;
+            break;
+        case OPT_MISSING:
+            o->missing = 1;
+            break;
+        case OPT_KERNEL:
+            if (!kf_krel_valid(optarg))
+                bad = "--kernel takes a kernel release like 6.1.0-47-amd64";
+            else if (o->nkernels == sizeof(o->kernels) / sizeof(o->kernels[0]))
+                bad = "at most 64 --kernel options";
+            else
+                o->kernels[o->nkernels++] = optarg;
+            break;
+        case OPT_FORCE:
+            o->force = 1;
+            break;
+        case OPT_RETRY_FAILED:
+            o->retry_failed = 1;
+            break;
+        case OPT_BUILDER:
+            o->builder = optarg;
+            break;
+        case OPT_DIR:
+            o->dir = optarg;
+            break;
+        case OPT_KEY_TYPE:
+            o->key_type = optarg;
+            break;
+        case OPT_CN:
+            o->cn = optarg;
+            break;
+        case OPT_DAYS:
+            if (parse_uint(optarg, 1, 36500, &o->days) < 0)
+                bad = "--days takes a number of days from 1 to 36500";
+            break;
         case OPT_PRINT_PROBE:
             o->print_probe = 1;
             break;
@@ -314,7 +370,12 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
         coord_usage(stdout, optind < argc ? argv[optind] : NULL);
         return -1;
     }
-    if (optind < argc) {
+    /* Words after the command (getopt_long moved options before them):
+     * "artifacts list", "keys new". Commands without any refuse them. */
+    o->args = argv + optind;
+    o->nargs = (size_t)(argc - optind);
+    if (o->nargs > 0 && strcmp(o->command, "artifacts") != 0 && strcmp(o->command, "keys") != 0 &&
+        strcmp(o->command, "builder") != 0) {
         fprintf(stderr, "kfleet: unexpected argument '%s' (see kfleet help %s)\n", argv[optind],
                 o->command);
         return KF_EXIT_USAGE;

@@ -50,6 +50,8 @@
 #   fault      none | unreachable | stop | slow=SECS | noauth | hostkey |
 #              hostile | huge | sudo-password
 #   maxstartups  optional: sshd MaxStartups (N or N:R:M; default 1000:30:1000)
+#   containers optional own|host: host binds the host's /var/lib/containers
+#              (a builder node that shares the host's podman images)
 #   kfleet     optional DRIVER:KERNEL: /var/lib/kfleet/state says kfleet
 #              installed DRIVER for KERNEL (lines driver=..., kernel=...)
 # Missing keys take the values shown above, except installed (= kernel) and
@@ -203,7 +205,7 @@ MAXST_RE='^[0-9]{1,5}(:[0-9]{1,3}:[0-9]{1,5})?$'
 
 declare -a N_NAME=() N_KERNEL=() N_INSTALLED=() N_OSID=() N_OSVER=() N_GPUS=()
 declare -a N_DRIVER=() N_USERSPACE=() N_SB=() N_LSPCI=() N_MOKUTIL=() N_USER=()
-declare -a N_BECOME=() N_FAULT=() N_MAXST=() N_KFLEET=() N_PORT=()
+declare -a N_BECOME=() N_FAULT=() N_MAXST=() N_KFLEET=() N_PORT=() N_CONTAINERS=()
 
 # sort_installed: N_INSTALLED[*] deduplicated and in `sort -V` order, with
 # one sort for the whole fleet.
@@ -239,6 +241,7 @@ load_spec() {
 		seen[$name]=$lineno
 		local kernel=${KERNELS[0]} installed='' os=debian:12 gpus=0 driver=- userspace=-
 		local sb=disabled lspci=yes mokutil=yes user=root become=no fault=none maxst='' kfleet=''
+		local containers=own
 		for w in "${words[@]:1}"; do
 			[[ $w == *=* ]] || die "$at: expected key=value, got '$w'"
 			key=${w%%=*} val=${w#*=}
@@ -257,6 +260,7 @@ load_spec() {
 			fault) fault=$val ;;
 			maxstartups) maxst=$val ;;
 			kfleet) kfleet=$val ;;
+			containers) containers=$val ;;
 			*) die "$at: unknown key '$key'" ;;
 			esac
 		done
@@ -286,6 +290,7 @@ load_spec() {
 		fi
 		[[ $user != root || $become == no ]] || die "$at: become=$become needs a non-root user="
 		[[ -z $maxst || $maxst =~ $MAXST_RE ]] || die "$at: bad maxstartups '$maxst'"
+		[[ $containers =~ ^(own|host)$ ]] || die "$at: containers must be own or host"
 		if [[ -n $kfleet ]]; then
 			[[ $kfleet == ?*:?* && ${kfleet%%:*} =~ $VER_RE && ${kfleet#*:} =~ $REL_RE ]] ||
 				die "$at: kfleet must be DRIVER:KERNEL, got '$kfleet'"
@@ -293,7 +298,7 @@ load_spec() {
 		N_NAME[n]=$name N_KERNEL[n]=$kernel N_INSTALLED[n]=$installed N_GPUS[n]=$gpus
 		N_DRIVER[n]=$driver N_USERSPACE[n]=$userspace N_SB[n]=$sb N_LSPCI[n]=$lspci
 		N_MOKUTIL[n]=$mokutil N_USER[n]=$user N_BECOME[n]=$become N_FAULT[n]=$fault
-		N_MAXST[n]=$maxst N_KFLEET[n]=$kfleet
+		N_MAXST[n]=$maxst N_KFLEET[n]=$kfleet N_CONTAINERS[n]=$containers
 		n=$((n + 1))
 	done <"$file"
 	((n > 0)) || die "$label: no nodes in the spec"
@@ -309,6 +314,7 @@ spec_line() {
 	REPLY+=" fault=${N_FAULT[i]}"
 	[[ -z ${N_MAXST[i]} ]] || REPLY+=" maxstartups=${N_MAXST[i]}"
 	[[ -z ${N_KFLEET[i]} ]] || REPLY+=" kfleet=${N_KFLEET[i]}"
+	[[ ${N_CONTAINERS[i]:-own} == own ]] || REPLY+=" containers=${N_CONTAINERS[i]}"
 }
 
 #--------------------------------------------------------------------------
@@ -867,7 +873,15 @@ slow='$slow'"
 	shared_bin "$i"
 	fs_add "$sh/$REPLY" /usr/local/bin bind,ro
 	fs_add "$sh/sbin" /usr/local/sbin bind,ro
-	fs_add "$r/var/lib" /var/lib bind
+	if [[ ${N_CONTAINERS[i]:-own} == host ]]; then
+		# A builder node: the host's container storage (images made once),
+		# bound into the node's /var/lib before that is mounted recursively.
+		mkdir -p "$r/var/lib/containers" /var/lib/containers
+		fstab+="/var/lib/containers $r/var/lib/containers none bind 0 0"$'\n'
+		fs_add "$r/var/lib" /var/lib rbind
+	else
+		fs_add "$r/var/lib" /var/lib bind
+	fi
 	fs_add "$r/tmp" /tmp bind
 	fs_add "$r/root" /root bind
 	shared_os "$i"

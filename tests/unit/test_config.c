@@ -115,7 +115,6 @@ static void test_errors(void **state)
                "profiles.nv.sorce: unknown key");
     assert_bad("profiles:\n  nv: {type: nvidia}\n", "type: expected nvidia-run");
     assert_bad("profiles:\n  nv: {source: /x}\n", "'type' is required");
-    assert_bad("profiles:\n  nv: {type: kmod}\n", "a kmod profile lists its modules");
     assert_bad("profiles:\n  nv: {type: kmod, modules: [\"a b\"]}\n", "is not a module name");
     assert_bad("profiles:\n  nv: {type: nvidia-open, flavor: open}\n", "only an nvidia-run");
     assert_bad("profiles:\n  nv: {type: nvidia-run, kernels: {min: 5.15}}\n",

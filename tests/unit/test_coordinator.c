@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "coordinator.h"
+#include "testutil.h"
 
 static int parse(struct coord_opts *o, const char *line)
 {
@@ -137,7 +138,7 @@ static void test_db_schema_and_privacy(void **state)
 
     snprintf(path, sizeof(path), "%s/nested/state", dir);
     assert_int_equal(coord_db_open(&d, path, &err), 0);
-    assert_int_equal(coord_db_schema_version(&d), 2);
+    assert_int_equal(coord_db_schema_version(&d), 3);
     coord_db_close(&d);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
@@ -147,7 +148,7 @@ static void test_db_schema_and_privacy(void **state)
     /* reopening migrates nothing and keeps the version */
     snprintf(path, sizeof(path), "%s/nested/state", dir);
     assert_int_equal(coord_db_open(&d, path, &err), 0);
-    assert_int_equal(coord_db_schema_version(&d), 2);
+    assert_int_equal(coord_db_schema_version(&d), 3);
     /* a database from a newer kfleet is refused, not damaged */
     assert_int_equal(sqlite3_exec(d.db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
     coord_db_close(&d);
@@ -209,6 +210,110 @@ static void test_db_failure_keeps_last_good_facts(void **state)
     free(dir);
 }
 
+/* The store's catalog: artifacts by key, build records, index.json. */
+static void test_store_catalog(void **state)
+{
+    struct coord_db d;
+    struct coord_config cfg;
+    struct coord_profile prof;
+    struct kf_err err;
+    struct coord_key k1 = {"nvidia", "550.54.15", "6.1.0-47-amd64", "x86_64", "debian", "12"};
+    struct coord_key k2 = {"nvidia", "550.54.15", "6.12.117+deb12-amd64", "x86_64", "debian", "12"};
+    struct coord_key k3 = {"lustre", "2.15.4", "6.1.0-47-amd64", "x86_64", "debian", "12"};
+    struct coord_artifact a, *v;
+    char *dir = tmpdir(), st[4096], in[4096], er[4096], lg[4096], top[256], *kd, path[512];
+    long long id1, id2;
+    size_t n;
+    json_t *idx;
+    (void)state;
+
+    assert_int_equal(coord_db_open(&d, dir, &err), 0);
+    assert_int_equal(coord_db_artifact_get(&d, &k1, &a, &err), 0);
+    assert_int_equal(
+        coord_db_artifact_put(&d, &k1, "#1 SMP", "/s/a.tar.gz", "aa", 10, 7, 100, &err), 0);
+    assert_int_equal(coord_db_artifact_put(&d, &k2, NULL, "/s/b.tar.gz", "bb", 20, 8, 100, &err),
+                     0);
+    assert_int_equal(coord_db_artifact_put(&d, &k3, NULL, "/s/c.tar.gz", "cc", 30, 9, 100, &err),
+                     0);
+    /* the same key again replaces */
+    assert_int_equal(coord_db_artifact_put(&d, &k1, NULL, "/s/a2.tar.gz", "a2", 11, 10, 101, &err),
+                     0);
+    assert_int_equal(coord_db_artifact_get(&d, &k1, &a, &err), 1);
+    assert_string_equal(a.path, "/s/a2.tar.gz");
+    assert_int_equal(a.size, 11);
+    assert_int_equal(coord_db_artifact_list(&d, NULL, "550.54.15", NULL, &v, &n, &err), 0);
+    assert_int_equal(n, 2);
+    free(v);
+    assert_int_equal(coord_db_artifact_list(&d, "lustre", NULL, NULL, &v, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(coord_db_artifact_del(&d, &v[0], &err), 0);
+    free(v);
+    assert_int_equal(coord_db_artifact_list(&d, NULL, NULL, NULL, &v, &n, &err), 0);
+    assert_int_equal(n, 2);
+    free(v);
+
+    /* builds: the last finished one counts */
+    assert_int_equal(coord_db_build_last(&d, &k1, st, in, er, lg, &err), 0);
+    assert_int_equal(coord_db_build_begin(&d, &k1, "in1", "src", 1, &id1, &err), 0);
+    assert_int_equal(coord_db_build_end(&d, id1, "local", "failed", "make failed", "/l/1.log", 1.5,
+                                        NULL, 2, &err),
+                     0);
+    assert_int_equal(coord_db_build_begin(&d, &k1, "in2", "src", 3, &id2, &err), 0);
+    assert_true(id2 > id1);
+    assert_int_equal(coord_db_build_last(&d, &k1, st, in, er, lg, &err), 1);
+    assert_string_equal(st, "failed"); /* the running one does not count */
+    assert_string_equal(in, "in1");
+    assert_string_equal(er, "make failed");
+    assert_string_equal(lg, "/l/1.log");
+    assert_int_equal(
+        coord_db_build_end(&d, id2, "local", "ok", NULL, "/l/2.log", 2.0, "abc", 4, &err), 0);
+    assert_int_equal(coord_db_build_last(&d, &k1, st, in, er, lg, &err), 1);
+    assert_string_equal(st, "ok");
+
+    /* layout and index.json */
+    coord_config_init(&cfg);
+    snprintf(path, sizeof(path), "%s/store", dir);
+    cfg.store = path;
+    memset(&prof, 0, sizeof(prof));
+    prof.name = "nvidia";
+    prof.type = PROFILE_NVIDIA_RUN;
+    assert_int_equal(coord_store_topdir(&prof, &k1, top, sizeof(top), &err), 0);
+    assert_string_equal(top, "nvidia-driver-550.54.15-kernel-6.1.0-47-amd64-x86_64");
+    prof.name = "lustre";
+    prof.type = PROFILE_KMOD;
+    assert_int_equal(coord_store_topdir(&prof, &k3, top, sizeof(top), &err), 0);
+    assert_string_equal(top, "lustre-2.15.4-kernel-6.1.0-47-amd64-x86_64");
+    kd = coord_store_keydir(&cfg, &k1);
+    assert_non_null(strstr(kd, "/store/550.54.15/kernel-6.1.0-47-amd64"));
+    free(kd);
+    kd = coord_store_keydir(&cfg, &k3);
+    assert_non_null(strstr(kd, "/store/lustre/2.15.4/kernel-6.1.0-47-amd64"));
+    free(kd);
+    assert_int_equal(mkdir(path, 0755), 0);
+    assert_int_equal(coord_store_write_index(&d, &cfg, 1700000000, &err), 0);
+    strcat(path, "/index.json");
+    idx = json_load_file(path, 0, NULL);
+    assert_non_null(idx);
+    assert_string_equal(json_string_value(json_object_get(idx, "last_updated")),
+                        "2023-11-14T22:13:20Z");
+    assert_int_equal(json_array_size(json_object_get(idx, "drivers")), 1);
+    {
+        json_t *dr = json_array_get(json_object_get(idx, "drivers"), 0);
+        json_t *ks = json_object_get(dr, "supported_kernels");
+        assert_string_equal(json_string_value(json_object_get(dr, "version")), "550.54.15");
+        assert_int_equal(json_array_size(ks), 2);
+        /* kernels in version order */
+        assert_string_equal(json_string_value(json_array_get(ks, 0)), "6.1.0-47-amd64");
+        assert_string_equal(json_string_value(json_array_get(ks, 1)), "6.12.117+deb12-amd64");
+    }
+    json_decref(idx);
+    cfg.store = NULL;
+    coord_config_release(&cfg);
+    coord_db_close(&d);
+    kft_sh("rm -rf '%s'", dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -217,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_groups),
         cmocka_unit_test(test_db_schema_and_privacy),
         cmocka_unit_test(test_db_failure_keeps_last_good_facts),
+        cmocka_unit_test(test_store_catalog),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
