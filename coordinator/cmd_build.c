@@ -1148,6 +1148,14 @@ static int add_job(struct build_run *r, const char *kernel, const char *arch, co
     j->key.arch = j->arch;
     j->key.os_id = j->os_id;
     j->key.os_version = j->os_version;
+    /* Builders make Debian 12 images (builder/worker.sh image): another
+     * distro's kernel headers are not in its archive. */
+    if (strcmp(os_id, "debian") != 0 || strcmp(os_version, "12") != 0) {
+        say(r, "  n/a      %s (%s %s): kfleet's builders make Debian 12 images only\n", kernel,
+            os_id, os_version);
+        r->na++;
+        return 0;
+    }
     if (headers_package(r->prof, os_id, kernel, j->headers_pkg, sizeof(j->headers_pkg)) < 0) {
         say(r, "  n/a      %s: no headers package pattern for distro %s\n", kernel, os_id);
         r->na++;

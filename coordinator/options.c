@@ -103,6 +103,64 @@ void coord_usage(FILE *f, const char *command)
               f);
         return;
     }
+    if (command != NULL && strcmp(command, "build") == 0) {
+        fputs("usage: kfleet build (--missing [-l PATTERN] | --kernel K ...) [--driver VERSION]\n"
+              "                    [--profile NAME] [--source PATH] [--force] [--retry-failed]\n"
+              "                    [--builder NAME] [--json]\n"
+              "\n"
+              "Builds each needed (driver, kernel) once in a container on the builders of\n"
+              "kfleet.yml, checks every module's vermagic, strips (and signs) the modules, and\n"
+              "stores a reproducible package in the artifact store.\n"
+              "\n"
+              "  --missing       every running and installed kernel of the selected hosts\n"
+              "                  (stored facts: run kfleet facts first) that is not stored\n"
+              "  --kernel K      this kernel (repeat for more)\n"
+              "  --force         rebuild what is already stored\n"
+              "  --retry-failed  build keys whose last build failed with the same inputs\n"
+              "  --builder NAME  use only this builder\n"
+              "  --source PATH   the driver source instead of the profile's\n"
+              "\n"
+              "Exit: 0 all built or stored, 1 a build failed or was skipped, 2 usage, 3 internal.\n"
+              "Logs: STATE/logs/builds/ID-KERNEL.log; Ctrl-C stops the running containers.\n"
+              "\n"
+              "Examples:\n"
+              "  kfleet build --driver 550.54.15 --source NVIDIA-Linux-x86_64-550.54.15.run "
+              "--missing\n"
+              "  kfleet build --profile lustre --kernel 6.1.0-47-amd64 --force\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "artifacts") == 0) {
+        fputs("usage: kfleet artifacts [list|show|verify|rm|gc] [--profile P] [--driver V]\n"
+              "                        [--kernel K] [--json]\n"
+              "\n"
+              "  list    the catalog: profile, driver, kernel, size, sha256 (default)\n"
+              "  show    catalog entry and metadata.json of each match\n"
+              "  verify  re-hash each package, check its modules against its metadata.json\n"
+              "          and, with signing configured, each module's signature\n"
+              "  rm      remove the matching packages (needs --driver)\n"
+              "  gc      remove store files the catalog does not know (interrupted writes)\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "keys") == 0) {
+        fputs("usage: kfleet keys new [--dir DIR] [--type rsa|rsa2048|rsa3072|rsa4096|p384]\n"
+              "                       [--cn NAME] [--days N]\n"
+              "\n"
+              "Creates a module signing key and a DER certificate for MOK enrolment in DIR\n"
+              "(default STATE/keys) and prints the mokutil --import line to run on nodes.\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "builder") == 0) {
+        fputs("usage: kfleet builder image [--builder NAME] [--force]\n"
+              "\n"
+              "Makes the Debian 12 base image on every builder of kfleet.yml (debootstrap from\n"
+              "the builder's own apt sources; no registry). kfleet build does this itself\n"
+              "when an image is missing; kernel header layers are made per kernel on first use.\n",
+              f);
+        return;
+    }
     if (command != NULL && strcmp(command, "facts") == 0) {
         fputs("usage: kfleet facts [-i INVENTORY] [-l PATTERN] [-f FORKS] [--json] [options]\n"
               "\n"
@@ -132,6 +190,10 @@ void coord_usage(FILE *f, const char *command)
           "  hosts        list the hosts an inventory pattern selects\n"
           "  facts        gather kernels, OS, GPUs and driver versions from every node\n"
           "  plan         list the builds the fleet needs (from stored facts)\n"
+          "  build        build what is missing, in containers on the builders\n"
+          "  artifacts    list, show, verify, rm, gc the artifact store\n"
+          "  builder      builder image: prepare the builders' base image\n"
+          "  keys         keys new: a module signing key and MOK certificate\n"
           "  version      print the version\n"
           "  help [CMD]   this text, or a command's\n"
           "\n"
@@ -223,7 +285,7 @@ static int parse_size(const char *s, size_t *out)
 int coord_parse_args(int argc, char **argv, struct coord_opts *o)
 {
     const char *env;
-    int c;
+    int c, want_help = 0;
 
     memset(o, 0, sizeof(*o));
     o->forks = 64;
@@ -342,9 +404,8 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             o->verbose++;
             break;
         case 'h':
-            o->command = optind < argc ? argv[optind] : NULL;
-            coord_usage(stdout, o->command);
-            return -1;
+            want_help = 1; /* after the loop: the command word is known then */
+            break;
         case OPT_VERSION:
             printf("kfleet %s\n", KF_VERSION);
             return -1;
@@ -360,6 +421,10 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             fprintf(stderr, "kfleet: bad value '%s': %s\n", optarg, bad);
             return KF_EXIT_USAGE;
         }
+    }
+    if (want_help) {
+        coord_usage(stdout, optind < argc ? argv[optind] : NULL);
+        return -1;
     }
     if (optind >= argc) {
         coord_usage(stderr, NULL);
