@@ -257,6 +257,21 @@ static void job_done(struct job *j, const char *status)
 
 /* ---- POST: from the worker's tar to a stored package (work thread) -------- */
 
+/* nvidia-peermem asked for with peermem: true but not in the module list
+ * (the configuration adds it to the default list itself). */
+static int peermem_extra(const struct build_run *r)
+{
+    const struct coord_profile *p = r->prof;
+    size_t i;
+
+    if (!p->peermem || p->type == PROFILE_KMOD)
+        return 0;
+    for (i = 0; i < p->nmodules; i++)
+        if (strcmp(p->modules[i], "nvidia-peermem") == 0)
+            return 0;
+    return 1;
+}
+
 static int is_wanted(const struct build_run *r, const char *name)
 {
     const struct coord_profile *p = r->prof;
@@ -269,13 +284,11 @@ static int is_wanted(const struct build_run *r, const char *name)
             return 1;
     if (p->nmodules == 0)
         for (i = 0; i < r->src.dkms.nmodules; i++) {
-            const struct build_dkms_module *m = &r->src.dkms.modules[i];
-            if (strcmp(m->dest_name[0] ? m->dest_name : m->name, name) == 0)
+            /* The worker names the files by BUILT_MODULE_NAME. */
+            if (strcmp(r->src.dkms.modules[i].name, name) == 0)
                 return 1;
         }
-    if (p->peermem && p->type != PROFILE_KMOD && strcmp(name, "nvidia-peermem") == 0)
-        return 1;
-    return 0;
+    return peermem_extra(r) && strcmp(name, "nvidia-peermem") == 0;
 }
 
 /* The names of the modules the package must have, for the message when
@@ -289,10 +302,8 @@ static void wanted_list(const struct build_run *r, struct buf *b)
         buf_printf(b, "%s%s", i ? " " : "", p->modules[i]);
     if (p->nmodules == 0 && r->src.has_dkms)
         for (i = 0; i < r->src.dkms.nmodules; i++)
-            buf_printf(b, "%s%s", i ? " " : "",
-                       r->src.dkms.modules[i].dest_name[0] ? r->src.dkms.modules[i].dest_name
-                                                           : r->src.dkms.modules[i].name);
-    if (p->peermem && p->type != PROFILE_KMOD)
+            buf_printf(b, "%s%s", i ? " " : "", r->src.dkms.modules[i].name);
+    if (peermem_extra(r))
         buf_puts(b, " nvidia-peermem");
 }
 

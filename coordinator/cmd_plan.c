@@ -172,10 +172,11 @@ int coord_plan_collect(struct coord_db *db, const struct inventory *inv, const s
                            "hk.running, f.facts_json FROM facts f JOIN host_kernels hk ON "
                            "hk.host = f.host WHERE f.host = ?1 AND f.last_ok_at IS NOT NULL",
                            -1, &q, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db->db,
-                           "SELECT 1 FROM artifacts WHERE profile = ?1 AND driver = ?2 AND "
-                           "kernel = ?3 AND arch = ?4 AND os_id = ?5 AND os_version = ?6",
-                           -1, &art, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(
+            db->db,
+            "SELECT kernel_build FROM artifacts WHERE profile = ?1 AND driver = ?2 AND "
+            "kernel = ?3 AND arch = ?4 AND os_id = ?5 AND os_version = ?6",
+            -1, &art, NULL) != SQLITE_OK) {
         rc = kf_err_set(err, KF_EDB, "%s: %s", db->path, sqlite3_errmsg(db->db));
         goto out;
     }
@@ -217,8 +218,11 @@ int coord_plan_collect(struct coord_db *db, const struct inventory *inv, const s
                     sqlite3_bind_text(art, 4, k->arch, -1, SQLITE_STATIC);
                     sqlite3_bind_text(art, 5, k->os_id, -1, SQLITE_STATIC);
                     sqlite3_bind_text(art, 6, k->os_version, -1, SQLITE_STATIC);
-                    if (sqlite3_step(art) == SQLITE_ROW)
+                    if (sqlite3_step(art) == SQLITE_ROW) {
+                        const char *kb = (const char *)sqlite3_column_text(art, 0);
                         k->status = PLAN_STORED;
+                        snprintf(k->artifact_build, sizeof(k->artifact_build), "%s", kb ? kb : "");
+                    }
                     sqlite3_reset(art);
                 }
             }
@@ -269,6 +273,8 @@ static void print_plan_json(const struct coord_plan *pl, const struct coord_grou
         json_object_set_new(o, "nodes_running", json_integer((json_int_t)k->running));
         json_object_set_new(o, "nodes_installed_only", json_integer((json_int_t)k->installed));
         json_object_set_new(o, "kernel_builds", builds);
+        json_object_set_new(o, "artifact_kernel_build",
+                            k->artifact_build[0] ? json_string(k->artifact_build) : json_null());
         json_object_set_new(o, "hosts", hosts);
         json_array_append_new(keys, o);
         counts[k->status]++;
@@ -318,6 +324,14 @@ static void print_plan_human(const struct coord_plan *pl, const struct coord_gro
                k->arch, os, k->running, k->installed, buf_cstr(&b));
         if (k->status == PLAN_NA)
             printf("          why: %s\n", k->reason);
+        for (j = 0; k->artifact_build[0] && j < k->builds.n; j++) {
+            if (strcmp(k->builds.g[j].key, k->artifact_build) == 0)
+                continue;
+            buf_reset(&b);
+            coord_group_fold(&k->builds.g[j], &b);
+            printf("          WARNING: the stored package was built for '%s', but %s run '%s'\n",
+                   k->artifact_build, buf_cstr(&b), k->builds.g[j].key);
+        }
         if (k->builds.n > 1) {
             printf("          WARNING: nodes run %s with %zu different kernel builds (uname -v); "
                    "a module built for one may not load on the others:\n",

@@ -231,6 +231,7 @@ struct coord_plan_key {
     struct coord_groups hosts;  /* one group "all": every node needing it */
     size_t running, installed;  /* nodes running it / only having it installed */
     struct coord_groups builds; /* running nodes by uname -v */
+    char artifact_build[256];   /* stored: the uname -v it was built for */
 };
 
 struct coord_plan {
