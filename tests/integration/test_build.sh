@@ -199,6 +199,59 @@ grep -q "vermagic" "$WORK/badvm.out" || { cat "$WORK/badvm.out"; fail "vermagic 
 kb artifacts list --profile badvm | grep -q "no artifacts" || fail "a bad module was stored"
 ok "vermagic mismatch refused with the log"
 
+# ---- a builder that dies mid-build: its build goes to the other one ----------
+# The node's per-connection sshd processes are killed while the remote
+# builder compiles: the connection drops, the build is queued again and the
+# local builder makes it.
+kb build --profile testdrv --kernel "$K1" --kernel "$K2" --force >"$WORK/lost.out" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do
+	grep -q "start    .* on remote" "$WORK/lost.out" && break
+	sleep 0.1
+done
+grep -q "start    .* on remote" "$WORK/lost.out" || { wait "$pid" || true; cat "$WORK/lost.out"; fail "nothing started on remote"; }
+sleep 1
+pkill -KILL -P "$(cat "$FLEET/nodes/builder01/pid")" || fail "no sshd session to kill on builder01"
+rc=0
+wait "$pid" || rc=$?
+cat "$WORK/lost.out"
+[ "$rc" = 0 ] || fail "a lost builder failed the run (exit $rc)"
+grep -q "lost     .* on remote" "$WORK/lost.out" || fail "the lost builder is not reported"
+grep -q "2 built, 0 failed" "$WORK/lost.out" || fail "the requeued build was not made"
+"$FLEET_SH" down --dir "$FLEET" >/dev/null
+kb artifacts verify >/dev/null || fail "verify after a lost builder"
+# (The orphaned container on the dead builder finishes on its own.)
+for _ in $(seq 1 60); do
+	[ -z "$(podman ps -a --filter name=kfleet-build- --format '{{.Names}}')" ] && break
+	sleep 1
+done
+ok "a builder lost mid-build: its kernel requeued and built on the other builder"
+
+# ---- Secure Boot signing: keys new, signed build, verify --------------------
+kb keys new --dir "$WORK/keys" --type rsa2048 --cn "kfleet test key" >"$WORK/keys.out" ||
+	fail "keys new"
+grep -q "mokutil --import '$WORK/keys/signing_cert.der'" "$WORK/keys.out" || fail "no mokutil line"
+sed "s|^build: |signing: {key: $WORK/keys/signing_key.pem, cert: $WORK/keys/signing_cert.der}\nbuild: |" \
+	"$WORK/kfleet.yml" >"$WORK/kfleet-signed.yml"
+grep -q "^signing:" "$WORK/kfleet-signed.yml" || fail "could not write the signing config"
+kf --config "$WORK/kfleet-signed.yml" --state "$WORK/state-signed" build --profile testdrv \
+	--kernel "$K1" --builder local >"$WORK/signed.out" 2>&1 || { cat "$WORK/signed.out"; fail "signed build"; }
+kf --config "$WORK/kfleet-signed.yml" --state "$WORK/state-signed" artifacts verify >"$WORK/sverify.out" ||
+	{ cat "$WORK/sverify.out"; fail "verify of the signed package"; }
+python3 - "$WORK/state-signed/store/testdrv/1.0.0/kernel-$K1" <<'PY' || fail "signed package"
+import json, os, sys, tarfile
+d = sys.argv[1]
+md = json.load(open(os.path.join(d, "metadata.json")))
+assert md["signer"] and md["signer"]["subject"] == "CN=kfleet test key", md["signer"]
+assert all(m["signed"] for m in md["modules"]), md["modules"]
+tgz = [f for f in os.listdir(d) if f.endswith(".tar.gz")][0]
+with tarfile.open(os.path.join(d, tgz)) as t:
+    for m in t.getmembers():
+        if m.name.endswith(".ko"):
+            assert t.extractfile(m).read().endswith(b"~Module signature appended~\n"), m.name
+PY
+ok "signed build: every module carries the appended signature, verify checks it"
+
 # ---- Ctrl-C: containers stopped, nothing half-stored -------------------------
 before=$(kb artifacts list --json | python3 -c "import json,sys; print(sorted(a['sha256'] for a in json.load(sys.stdin)))")
 # kfleet itself in the background (not a function: $! must be kfleet).
