@@ -12,7 +12,7 @@ N=60
 
 # The fault=stop node is stopped before the run: TCP connects (the kernel
 # queues it) but sshd never answers. The slow node (its probe sleeps 3 s) is
-# stopped 1.5 s into the run, in the middle of its command. Neither may hold
+# stopped in the middle of its command. Neither may hold
 # back any other node (the blocking-socket regression).
 stop_node=$(awk '$0 ~ /fault=stop/ {print $1}' "$WORK/spec")
 slow_node=$(awk '$0 ~ /fault=slow/ {print $1}' "$WORK/spec")
@@ -24,7 +24,12 @@ start=$(date +%s.%N)
 kf facts --json --auth-timeout 6s --command-timeout 6s --forks 64 >"$WORK/facts.json" \
 	2>"$WORK/facts.err" &
 pid=$!
-sleep 1.5
+# Stop the slow node once its probe is inside the command (its uname sleeps
+# 3 s), not at a fixed time: on a loaded machine the handshake may still run.
+for _ in $(seq 1 100); do
+	pgrep -f '^sleep 3$' >/dev/null && break
+	sleep 0.05
+done
 "$FLEET_SH" stop --dir "$FLEET" "$slow_node"
 wait $pid || rc=$?
 end=$(date +%s.%N)
