@@ -364,12 +364,17 @@ done:
     return record ? add_ref(ps, off, name_off, name_len, simple) : 0;
 }
 
-/* '$' at p[pos], unquoted or inside double quotes. */
+/* '$' at p[pos], unquoted or inside double quotes. bash removes a
+ * backslash-newline before it reads a parameter name, so "$PACKAGE_\<newline>
+ * VERSION" names PACKAGE_VERSION: kfleet refuses a line continuation
+ * inside or right after a name rather than follow it. */
 static int scan_dollar(struct parser *ps, int in_dq)
 {
-    size_t off = ps->val.len;
+    size_t off = ps->val.len, k;
     int n = peek(ps, 1), rc;
 
+    if (n == '\\' && peek(ps, 2) == '\n')
+        return fail(ps, ps->line, "a line continuation right after '$' is not supported by kfleet");
     if (n == '(')
         return shell_code(ps, "command substitution");
     if (n == '[')
@@ -384,6 +389,11 @@ static int scan_dollar(struct parser *ps, int in_dq)
         while (is_name_char(cur(ps)))
             if ((rc = take(ps)) != 0)
                 return rc;
+        for (k = ps->pos; k + 1 < ps->len && ps->p[k] == '\\' && ps->p[k + 1] == '\n';)
+            k += 2;
+        if (k > ps->pos && k < ps->len && is_name_char((unsigned char)ps->p[k]))
+            return fail(ps, ps->line,
+                        "a $NAME split by a line continuation is not supported by kfleet");
         return add_ref(ps, off, off + 1, ps->val.len - off - 1, 1);
     }
     if (is_digit(n) || is_special(n)) {
@@ -510,7 +520,8 @@ static int scan_value(struct parser *ps)
 
 enum { R_IDENT, R_LOCATION };
 
-static int is_package_var(const char *s, size_t n, const char *var)
+/* Whether the n bytes at s are the variable name var. */
+static int same_var(const char *s, size_t n, const char *var)
 {
     return n == strlen(var) && memcmp(s, var, n) == 0;
 }
@@ -548,13 +559,13 @@ static int resolve(struct parser *ps, int mode, const char *label, char **out)
         if (r == NULL)
             break;
         name = v + r->name_off;
-        if (r->simple && is_package_var(name, r->name_len, "PACKAGE_NAME")) {
+        if (r->simple && same_var(name, r->name_len, "PACKAGE_NAME")) {
             value = ps->d->package_name;
             if (value == NULL) {
                 rc = fail(ps, ps->vline, "%s: $PACKAGE_NAME is used before it is assigned", label);
                 goto out;
             }
-        } else if (r->simple && is_package_var(name, r->name_len, "PACKAGE_VERSION")) {
+        } else if (r->simple && same_var(name, r->name_len, "PACKAGE_VERSION")) {
             value = ps->d->package_version;
             if (value == NULL) {
                 rc = fail(ps, ps->vline, "%s: $PACKAGE_VERSION is used before it is assigned",
@@ -688,11 +699,6 @@ static void replace(char **slot, char *v)
     *slot = v;
 }
 
-static int same_var(const char *s, size_t n, const char *var)
-{
-    return n == strlen(var) && memcmp(s, var, n) == 0;
-}
-
 /* MAKE[n] with MAKE_MATCH[n], n > 0, in either order. */
 static int make_match(struct parser *ps, int is_match, unsigned idx)
 {
@@ -824,7 +830,22 @@ static void skip_blanks(struct parser *ps)
     }
 }
 
-static int parse_assignment(struct parser *ps)
+/* The variables bash itself makes read-only (bash -c 'readonly -p'). */
+static int readonly_var(const char *s, size_t n)
+{
+    static const char *const ro[] = {"BASHOPTS", "BASH_VERSINFO", "EUID",
+                                     "PPID",     "SHELLOPTS",     "UID"};
+    size_t i;
+
+    for (i = 0; i < sizeof(ro) / sizeof(ro[0]); i++)
+        if (same_var(s, n, ro[i]))
+            return 1;
+    return 0;
+}
+
+/* NAME=VALUE or NAME[N]=VALUE at p[pos]; exported: after "export", where
+ * bash refuses a subscript ("not a valid identifier"). */
+static int parse_assignment(struct parser *ps, int exported)
 {
     size_t start = ps->pos, nlen, dstart, k;
     unsigned idx = 0;
@@ -836,6 +857,14 @@ static int parse_assignment(struct parser *ps)
     while (is_name_char(cur(ps)))
         ps->pos++;
     nlen = ps->pos - start;
+    if (readonly_var(ps->p + start, nlen))
+        return fail(ps, ps->line,
+                    "%.*s is read-only in bash: assigning it fails and skips the rest of the line",
+                    (int)nlen, ps->p + start);
+    if (cur(ps) == '[' && exported)
+        return fail(ps, ps->line,
+                    "export NAME[N]=... is an error in bash (not a valid identifier): nothing "
+                    "is assigned");
     if (cur(ps) == '[') {
         dstart = ++ps->pos;
         while (is_digit(cur(ps)))
@@ -876,15 +905,16 @@ static int parse_assignment(struct parser *ps)
 /* One or more assignments, optionally after "export". */
 static int parse_statement(struct parser *ps)
 {
-    int c, rc;
+    int c, rc, exported = 0;
 
     if (ps->len - ps->pos > 6 && memcmp(ps->p + ps->pos, "export", 6) == 0 &&
         is_blank((unsigned char)ps->p[ps->pos + 6])) {
         ps->pos += 6;
+        exported = 1;
         skip_blanks(ps);
     }
     for (;;) {
-        if ((rc = parse_assignment(ps)) != 0)
+        if ((rc = parse_assignment(ps, exported)) != 0)
             return rc;
         skip_blanks(ps);
         c = cur(ps);

@@ -14,7 +14,8 @@
  *   NAME=VALUE      NAME [A-Za-z_][A-Za-z0-9_]*, no blanks around '='
  *   NAME[N]=VALUE   N decimal, 0 to 255 (no leading zeros: bash reads 010
  *                   as octal); NAME and NAME[0] are the same variable
- *   export NAME=VALUE, and several assignments on one line
+ *   export NAME=VALUE (not NAME[N]: bash refuses that), and several
+ *                   assignments on one line
  *   VALUE           unquoted text, 'single quoted', "double quoted" (a
  *                   backslash escapes only $ ` " \ and newline), or a
  *                   concatenation; quotes may span lines; backslash-newline
@@ -27,7 +28,9 @@
  * or `...` and arithmetic $((...)) $[...] outside single quotes, ${...}
  * that assigns (${X=y}, ${X:=y}) or evaluates arithmetic (subscripts other
  * than numbers, ${X:offset} with anything but numbers), quotes inside
- * ${...}, $'...' and $"...", tilde expansion, NAME+=, control characters
+ * ${...}, $'...' and $"...", a line continuation inside or right after a
+ * $NAME (bash joins the name), tilde expansion, NAME+=, assignments to
+ * bash's read-only variables (UID, EUID, PPID, ...), control characters
  * (a CRLF file included) and NUL bytes.
  *
  * Values are kept as bash holds them after quote removal, with $-references

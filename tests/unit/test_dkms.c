@@ -467,6 +467,13 @@ static void test_unsupported(void **state)
     check_error(HDR "MAKE_MATCH[3]=\"^4\\.\"\n\nMAKE[3]=\"make OLD=1\"\n",
                 WHAT ":6: ", "MAKE[3] with MAKE_MATCH[3] (line 4)");
     check_error(HDR "CLEAN+=\" more\"\n", WHAT ":4: ", "CLEAN+=: appending is not supported");
+    /* bash refuses this itself and assigns nothing. */
+    check_error(HDR "export MAKE[0]=make\n", WHAT ":4: ", "not a valid identifier");
+    check_error(HDR "UID=0 MAKE[0]=make\n", WHAT ":4: ", "UID is read-only in bash");
+    /* bash joins a name across a line continuation: $PACKAGE_VERSION1 here. */
+    check_error(HDR "BUILD_EXCLUSIVE_ARCH=\"$PACKAGE_VERSION\\\n1\"\n",
+                WHAT ":4: ", "a $NAME split by a line continuation");
+    check_error(HDR "MAKE[0]=$\\\nkernelver\n", WHAT ":4: ", "right after '$'");
     check_error(HDR "BUILT_MODULE_LOCATION[0]=~/src\n", WHAT ":4: ", "tilde expansion");
     check_error(HDR "X=a:~/src\n", WHAT ":4: ", "tilde expansion");
     check_error(HDR "MAKE[0]=$'make\\n'\n", WHAT ":4: ", "$'...'");
