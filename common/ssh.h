@@ -90,6 +90,7 @@ struct ssh_exec {
     /* outputs */
     struct buf out;
     struct buf err;
+    size_t stdin_sent;    /* bytes of stdin_data sent so far (progress) */
     int exit_status;      /* -1 when none was sent */
     char exit_signal[32]; /* "" or the signal name ("KILL") */
 };

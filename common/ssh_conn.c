@@ -1067,7 +1067,7 @@ static int step_running(struct ssh_conn *c)
 {
     struct attempt *a = c->a;
     struct ssh_exec *x = c->x;
-    int progress = 0, rc;
+    int progress = 0, rc, held_back;
 
     /* stdin: only while the remote window is open and libssh has flushed
      * what it holds, so at most one chunk is buffered per session. */
@@ -1089,6 +1089,7 @@ static int step_running(struct ssh_conn *c)
         if (rc == 0)
             break;
         c->in_sent += (size_t)rc;
+        x->stdin_sent = c->in_sent;
         progress = 1;
     }
     if (c->in_sent == x->stdin_len && !c->eof_sent) {
@@ -1102,8 +1103,15 @@ static int step_running(struct ssh_conn *c)
             return 0;
         }
     }
+    /* Input held back because libssh still held earlier bytes: reading
+     * below flushes them (libssh writes while it polls), and then nothing
+     * wakes us to send the rest, since the peer waits for that input. */
+    held_back = (c->in_sent < x->stdin_len || !c->eof_sent) &&
+                (ssh_get_poll_flags(a->s) & SSH_WRITE_PENDING);
     if (read_stream(c, 0, &progress) < 0 || read_stream(c, 1, &progress) < 0)
         return 0;
+    if (held_back && !(ssh_get_poll_flags(a->s) & SSH_WRITE_PENDING))
+        progress = 1;
     if (c->out_eof && c->err_eof) {
         x->exit_status = ssh_channel_get_exit_status(a->ch);
         if (x->exit_status != -1 || x->exit_signal[0] != '\0' || ssh_channel_is_closed(a->ch)) {
