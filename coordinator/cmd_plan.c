@@ -97,6 +97,25 @@ static void judge(const struct coord_profile *p, const struct build_dkms *dkms,
     }
 }
 
+int coord_plan_kernel_applies(const struct coord_profile *p, const char *kernel, const char *arch,
+                              char *reason, size_t reason_size)
+{
+    struct coord_plan_key k;
+
+    memset(&k, 0, sizeof(k));
+    snprintf(k.kernel, sizeof(k.kernel), "%s", kernel);
+    snprintf(k.arch, sizeof(k.arch), "%s", arch);
+    /* The distro check is the build's business (headers); a stored
+     * package settles it. */
+    snprintf(k.os_id, sizeof(k.os_id), "debian");
+    judge(p, NULL, &k, NULL);
+    if (k.status == PLAN_NA) {
+        snprintf(reason, reason_size, "%s", k.reason);
+        return 0;
+    }
+    return 1;
+}
+
 static struct coord_plan_key *plan_get(struct coord_plan *pl, const char *kernel, const char *arch,
                                        const char *os_id, const char *os_version, int *created)
 {

@@ -382,6 +382,10 @@ void coord_config_release(struct coord_config *c)
         free(c->builders[i].cache);
     }
     free(c->builders);
+    free(c->deploy.smi);
+    free(c->deploy.verify);
+    free(c->deploy.drain.command);
+    free(c->deploy.undrain.command);
     free(c->path);
     free(c->store);
     free(c->runtime);
@@ -392,10 +396,79 @@ void coord_config_release(struct coord_config *c)
     coord_config_init(c);
 }
 
+static int parse_hook(struct cfg_ctx *x, json_t *v, const char *path, struct coord_hook_config *h)
+{
+    static const char *const keys[] = {"command", "on", "timeout", NULL};
+    char *on = NULL;
+    int rc;
+
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        h->command = strdup(json_string_value(v));
+        return h->command ? 0 : kf_err_set(x->err, KF_ENOMEM, "out of memory");
+    }
+    if (!json_is_object(v))
+        return bad(x, path, "expected a command, or a mapping with command, on and timeout");
+    if ((rc = only_keys(x, path, v, keys)) < 0 ||
+        (rc = get_string(x, v, path, "command", &h->command)) < 0 ||
+        (rc = get_string(x, v, path, "on", &on)) < 0 ||
+        (rc = get_uint(x, v, path, "timeout", 1, 24 * 3600, &h->timeout)) < 0)
+        goto out;
+    if (h->command == NULL || h->command[0] == '\0') {
+        rc = bad(x, path, "command: required (use {host} for the node's inventory name)");
+        goto out;
+    }
+    if (on != NULL && strcmp(on, "node") != 0 && strcmp(on, "control") != 0) {
+        rc = bad(x, path, "on: expected control (the control host) or node, got '%s'",
+                 kf_escape_to((char[128]){0}, 128, on, strlen(on)));
+        goto out;
+    }
+    h->on_node = on != NULL && strcmp(on, "node") == 0;
+out:
+    free(on);
+    return rc;
+}
+
+/* deploy: node-side verification, drain hooks, transfers. */
+static int parse_deploy(struct cfg_ctx *x, json_t *v, struct coord_deploy_config *d)
+{
+    static const char *const keys[] = {
+        "smi", "verify", "drain", "undrain", "transfer_forks", "transfer_timeout", NULL};
+    int rc;
+
+    d->transfer_forks = 16;
+    d->transfer_timeout = 600;
+    if (v == NULL || json_is_null(v))
+        goto defaults;
+    if (!json_is_object(v))
+        return bad(x, "deploy", "expected a mapping");
+    if ((rc = only_keys(x, "deploy", v, keys)) < 0 ||
+        (rc = get_string(x, v, "deploy", "smi", &d->smi)) < 0 ||
+        (rc = get_string(x, v, "deploy", "verify", &d->verify)) < 0 ||
+        (rc = parse_hook(x, json_object_get(v, "drain"), "deploy.drain", &d->drain)) < 0 ||
+        (rc = parse_hook(x, json_object_get(v, "undrain"), "deploy.undrain", &d->undrain)) < 0 ||
+        (rc = get_uint(x, v, "deploy", "transfer_forks", 1, 10000, &d->transfer_forks)) < 0 ||
+        (rc = get_uint(x, v, "deploy", "transfer_timeout", 1, 24 * 3600, &d->transfer_timeout)) < 0)
+        return rc;
+    if (d->smi != NULL && strcmp(d->smi, "auto") != 0 && strcmp(d->smi, "require") != 0 &&
+        strcmp(d->smi, "skip") != 0)
+        return bad(x, "deploy.smi", "expected auto, require or skip, got '%s'",
+                   kf_escape_to((char[128]){0}, 128, d->smi, strlen(d->smi)));
+defaults:
+    if (d->smi == NULL && (d->smi = strdup("auto")) == NULL)
+        return kf_err_set(x->err, KF_ENOMEM, "out of memory");
+    if (d->drain.timeout == 0)
+        d->drain.timeout = 600;
+    if (d->undrain.timeout == 0)
+        d->undrain.timeout = 600;
+    return 0;
+}
+
 static int parse_root(struct cfg_ctx *x, json_t *root, struct coord_config *c)
 {
     static const char *const keys[] = {"store",   "container", "builders", "build",
-                                       "signing", "profiles",  NULL};
+                                       "signing", "profiles",  "deploy",   NULL};
     static const char *const bdkeys[] = {"timeout", "retries", NULL};
     static const char *const ckeys[] = {"runtime", "run_args", NULL};
     static const char *const skeys[] = {"key", "cert", "hash", NULL};
@@ -481,6 +554,9 @@ static int parse_root(struct cfg_ctx *x, json_t *root, struct coord_config *c)
         }
     }
 
+    if ((rc = parse_deploy(x, json_object_get(root, "deploy"), &c->deploy)) < 0)
+        return rc;
+
     v = json_object_get(root, "profiles");
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_object(v))
@@ -544,6 +620,8 @@ int coord_config_load(struct coord_config *c, const char *path, const char *stat
         }
         json_decref(nv);
     }
+    if (rc == 0 && c->deploy.smi == NULL)
+        rc = parse_deploy(&x, NULL, &c->deploy);
     if (rc == 0 && c->runtime == NULL && (c->runtime = strdup("podman")) == NULL)
         rc = kf_err_set(err, KF_ENOMEM, "out of memory");
     if (rc == 0 && c->nbuilders == 0) {
@@ -566,5 +644,26 @@ const struct coord_profile *coord_config_profile(const struct coord_config *c, c
     for (i = 0; i < c->nprofiles; i++)
         if (strcmp(c->profiles[i].name, name) == 0)
             return &c->profiles[i];
+    return NULL;
+}
+
+const struct coord_profile *coord_config_select_profile(const struct coord_config *c,
+                                                        const char *name, struct kf_err *err)
+{
+    const struct coord_profile *p = coord_config_profile(c, name ? name : "nvidia");
+    struct buf names;
+    size_t i;
+
+    if (p == NULL && name == NULL && c->nprofiles == 1)
+        p = &c->profiles[0];
+    if (p != NULL)
+        return p;
+    buf_init(&names, 0);
+    for (i = 0; i < c->nprofiles; i++)
+        buf_printf(&names, "%s%s", i ? ", " : "", c->profiles[i].name);
+    kf_err_set(err, KF_ECONFIG, "%s: no profile '%s' (profiles: %s)%s", c->path ? c->path : "",
+               name ? name : "nvidia", names.len ? buf_cstr(&names) : "none",
+               name ? "" : "; name one with --profile");
+    buf_release(&names);
     return NULL;
 }

@@ -14,10 +14,12 @@
 
 /* Exit codes, documented in README.md and kfleet --help. */
 enum {
-    KF_EXIT_OK = 0,    /* every selected host answered / succeeded */
-    KF_EXIT_HOSTS = 1, /* the run went through, some hosts failed */
-    KF_EXIT_USAGE = 2, /* bad option, inventory, pattern or configuration */
-    KF_EXIT_ERROR = 3, /* kfleet itself failed (state database, memory) */
+    KF_EXIT_OK = 0,     /* every selected host answered / succeeded */
+    KF_EXIT_HOSTS = 1,  /* the run went through, some hosts failed */
+    KF_EXIT_USAGE = 2,  /* bad option, inventory, pattern or configuration */
+    KF_EXIT_ERROR = 3,  /* kfleet itself failed (state database, memory) */
+    KF_EXIT_HALTED = 4, /* a rollout stopped: a stage went over its failure budget */
+    KF_EXIT_PAUSED = 5, /* a rollout waits for `kfleet rollout resume` (paused or interrupted) */
 };
 
 struct coord_opts {
@@ -54,6 +56,22 @@ struct coord_opts {
     size_t nargs;
     int progress; /* -1 auto (TTY), 0 off, 1 on */
     int verbose;
+    int inventory_given, config_given; /* -i / --config (or their env) named them */
+    /* deploy, rollback, rollout */
+    const char *stages;         /* --stages "1,5,20%,100%" */
+    const char *canary;         /* --canary PATTERN: the first stage */
+    int shuffle;                /* --shuffle: random order after the canary */
+    const char *max_fail;       /* --max-fail N|P% per stage */
+    const char *max_fail_total; /* --max-fail-total N|P% */
+    const char *pause;          /* --pause DURATION|manual */
+    int reload;                 /* --reload: load into the running kernel */
+    int auto_rollback;          /* --auto-rollback */
+    int rollback_stage;         /* --rollback-stage */
+    int allow_userspace_mismatch;
+    unsigned transfer_forks; /* --transfer-forks N; 0: config */
+    int break_lock;
+    const char *junit; /* --junit FILE */
+    const char *to;    /* rollback --to VERSION|none */
 };
 
 /* Parses argv into o; prints usage or a precise error itself. Returns 0, or
@@ -111,6 +129,17 @@ struct coord_config {
     char *sign_key, *sign_cert, *sign_hash;
     struct coord_profile *profiles;
     size_t nprofiles;
+    struct coord_deploy_config {
+        char *smi;    /* auto (default), require, skip */
+        char *verify; /* a command run on the node after load; NULL: none */
+        struct coord_hook_config {
+            char *command;    /* "{host}" is the inventory name; NULL: none */
+            int on_node;      /* run on the node (on: node) or the control host */
+            unsigned timeout; /* seconds; default 600 */
+        } drain, undrain;
+        unsigned transfer_forks;   /* default 16 */
+        unsigned transfer_timeout; /* seconds per package; default 600 */
+    } deploy;
 };
 
 void coord_config_init(struct coord_config *c);
@@ -120,6 +149,10 @@ void coord_config_release(struct coord_config *c);
 int coord_config_load(struct coord_config *c, const char *path, const char *state_dir,
                       struct kf_err *err);
 const struct coord_profile *coord_config_profile(const struct coord_config *c, const char *name);
+/* The profile a command uses: the one named, else "nvidia", else the only
+ * one configured. NULL with err naming the profiles there are. */
+const struct coord_profile *coord_config_select_profile(const struct coord_config *c,
+                                                        const char *name, struct kf_err *err);
 
 /* --- state database (db.c) ------------------------------------------------ */
 
@@ -139,6 +172,8 @@ char *coord_default_state_dir(void);
 int coord_db_open(struct coord_db *d, const char *dir, struct kf_err *err);
 void coord_db_close(struct coord_db *d);
 int coord_db_schema_version(struct coord_db *d);
+/* Runs SQL without parameters (pragmas, BEGIN, COMMIT). */
+int coord_db_exec(struct coord_db *d, const char *sql, struct kf_err *err);
 
 /* Records one host's facts attempt in one transaction. On success the facts
  * replace the previous ones; on failure the error is recorded and the last
@@ -210,6 +245,7 @@ struct coord_progress {
     size_t total, done, failed;
     int shown; /* a line is on screen */
     uint64_t last_ms;
+    char extra[128]; /* shown after the counts when set */
 };
 
 void coord_progress_init(struct coord_progress *p, int mode, const char *label, size_t total);
@@ -248,6 +284,10 @@ int coord_plan_collect(struct coord_db *db, const struct inventory *inv, const s
                        const char *driver, struct coord_plan *pl, struct coord_groups *nofacts,
                        struct kf_err *err);
 void coord_plan_release(struct coord_plan *pl);
+/* Whether the profile builds for this kernel and architecture (its arch
+ * list and kernels min/max); when not, reason says why. */
+int coord_plan_kernel_applies(const struct coord_profile *p, const char *kernel, const char *arch,
+                              char *reason, size_t reason_size);
 
 /* --- driver sources (source.c) ---------------------------------------------- */
 
@@ -391,11 +431,145 @@ void coord_lane_kill(struct coord_lane *l);
 /* Closes the lane's process or connection; no callback runs after. */
 void coord_lane_close(struct coord_lane *l);
 
+/* --- rollouts: stages and failure budgets (rollout.c) ----------------------- */
+
+/* One entry of --stages: a count ("5") or a percentage ("20%"). */
+struct coord_stage_spec {
+    unsigned value;
+    int percent;
+};
+
+#define COORD_MAX_STAGE_SPECS 32
+
+/* Parses "1,5,20%,100%": counts >= 1, percentages 1..100. Errors name the
+ * entry. */
+int coord_stages_parse(const char *s, struct coord_stage_spec *out, size_t *n, struct kf_err *err);
+/* Splits total nodes into stage sizes, Ansible's `serial` way: each entry
+ * in turn (a percentage of total, rounded down, at least 1), the last one
+ * repeating until every node has a stage, the last stage cut to what is
+ * left. sizes gets at most max entries; returns the number of stages, or
+ * KF_EINVAL when max is too small. total 0 gives 0 stages. */
+int coord_stages_split(const struct coord_stage_spec *specs, size_t nspecs, size_t total,
+                       size_t *sizes, size_t max);
+
+/* A failure budget: "--max-fail 2" (count) or "5%" (of the stage or the
+ * rollout). Unset means no limit (total) or 0 (per stage). */
+struct coord_budget {
+    int set;
+    unsigned value;
+    int percent;
+};
+
+int coord_budget_parse(const char *s, struct coord_budget *b, struct kf_err *err);
+/* The number of failures allowed out of n: a count as it is, a percentage
+ * of n rounded down (so 5% of a 1-node canary allows none). */
+size_t coord_budget_allowed(const struct coord_budget *b, size_t n);
+/* "2", "5%" or "unlimited". */
+const char *coord_budget_str(const struct coord_budget *b, char *out, size_t outsz);
+
+/* --- the rollout journal (journal.c) ------------------------------------------ */
+
+struct coord_rollout {
+    long long id;
+    char kind[16]; /* deploy, rollback */
+    char profile[65];
+    char driver[32]; /* "" for a rollback */
+    char status[16]; /* running, paused, halted, interrupted, done, aborted */
+    int stage, nstages;
+    char owner[129];
+    char *options; /* JSON text (malloc'ed) */
+    char reason[512];
+    long long pid;
+    long long created_at, updated_at, finished_at;
+};
+
+struct coord_rollout_node {
+    char host[256];
+    int stage, position;
+    char state[24];
+    char outcome[24]; /* "" while it runs */
+    char *prior;      /* JSON text or NULL (malloc'ed) */
+    char detail[300];
+    char error_code[24], error_phase[24];
+    char error[640];
+    char note[256];
+    char versions[128];
+    int attempts;
+    long long bytes;
+    double seconds;
+    long long updated_at;
+};
+
+void coord_rollout_release(struct coord_rollout *r);
+void coord_rollout_nodes_free(struct coord_rollout_node *v, size_t n);
+
+/* Creates a rollout and its nodes (state pending, the stage and position
+ * given) in one transaction; *id is its number. */
+int coord_journal_create(struct coord_db *d, struct coord_rollout *r, const char *const *hosts,
+                         const int *stages, size_t n, long long now, struct kf_err *err);
+/* 1 and *r filled, 0 when there is no such rollout. */
+int coord_journal_get(struct coord_db *d, long long id, struct coord_rollout *r,
+                      struct kf_err *err);
+/* The newest rollouts first (at most limit). */
+int coord_journal_list(struct coord_db *d, size_t limit, struct coord_rollout **out, size_t *n,
+                       struct kf_err *err);
+/* Status, current stage, reason (NULL keeps it), pid; records an event. */
+int coord_journal_set_status(struct coord_db *d, long long id, const char *status, int stage,
+                             const char *reason, long long pid, long long now, struct kf_err *err);
+/* A node's new state (and an event), in one transaction. attempt_inc adds
+ * one to its attempts (the node is started). */
+int coord_journal_node_state(struct coord_db *d, long long id, const char *host, const char *state,
+                             const char *detail, int attempt_inc, long long now,
+                             struct kf_err *err);
+int coord_journal_node_prior(struct coord_db *d, long long id, const char *host,
+                             const char *prior_json, struct kf_err *err);
+/* The node's end: outcome and, on failure, the error. */
+int coord_journal_node_end(struct coord_db *d, long long id, const char *host, const char *outcome,
+                           const char *error_code, const char *phase, const char *error,
+                           const char *note, const char *versions, long long bytes, double seconds,
+                           long long now, struct kf_err *err);
+/* Every node of the rollout, by stage then position. */
+int coord_journal_nodes(struct coord_db *d, long long id, struct coord_rollout_node **out,
+                        size_t *n, struct kf_err *err);
+/* --- the rollout engine (cmd_deploy.c) ---------------------------------------- */
+
+/* Continues rollout id from its journal (kfleet rollout resume); with
+ * unlock, instead releases the node locks of its unfinished nodes and marks
+ * it aborted (kfleet rollout abort). Returns an exit status. */
+int coord_rollout_resume(struct coord_opts *o, long long id, int unlock);
+/* True when the rollout is marked running and its kfleet process lives. */
+int coord_rollout_alive(const struct coord_rollout *r);
+
+/* --- rollout reports (deploy_report.c) ---------------------------------------- */
+
+struct coord_rollout_counts {
+    size_t nodes, pending, running, updated, unchanged, skipped, failed, rolled_back,
+        rollback_failed;
+};
+
+/* Counts over every node (stage -1) or one stage (0-based). */
+void coord_rollout_count(const struct coord_rollout_node *v, size_t n, int stage,
+                         struct coord_rollout_counts *c);
+/* Nodes grouped by result and error, then by the version their running
+ * kernel is at, with folded host ranges. */
+void coord_rollout_print(const struct coord_rollout *r, const struct coord_rollout_node *v,
+                         size_t n, int verbose, FILE *f);
+/* The rollout as one JSON document (new reference); see README "deploy --json". */
+json_t *coord_rollout_json(const struct coord_rollout *r, const struct coord_rollout_node *v,
+                           size_t n);
+/* JUnit XML: a testsuite per stage, a testcase per node; written atomically. */
+int coord_rollout_junit(const struct coord_rollout *r, const struct coord_rollout_node *v, size_t n,
+                        const char *path, struct kf_err *err);
+
 /* builder/worker.sh, embedded at build time. */
 extern const char kf_worker_script[];
 
 int cmd_build(struct coord_opts *o);
 int cmd_builder(struct coord_opts *o);
+int cmd_deploy(struct coord_opts *o);
+int cmd_rollback(struct coord_opts *o);
+int cmd_rollout(struct coord_opts *o);
+int cmd_doctor(struct coord_opts *o);
 int cmd_artifacts(struct coord_opts *o);
 int cmd_keys(struct coord_opts *o);
 

@@ -8,7 +8,10 @@
  *   2: artifacts: the catalog of the artifact store, one row per build key
  *      (profile, driver, kernel, arch, distro).
  *   3: builds: every build attempt (status, builder, log, inputs hash), so a
- *      failure is remembered and retried only when its inputs change. */
+ *      failure is remembered and retried only when its inputs change.
+ *   4: rollouts, rollout_nodes, rollout_events: the deploy journal. Every
+ *      node's state is written before the step it announces; events keep
+ *      the history. */
 #include "coordinator.h"
 
 #include <errno.h>
@@ -70,6 +73,40 @@ static const char *const migrations[] = {
     "  artifact_sha256 TEXT"
     ");"
     "CREATE INDEX builds_key ON builds(profile, driver, kernel, arch, os_id, os_version);",
+    /* 4 */
+    "CREATE TABLE rollouts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  kind TEXT NOT NULL," /* deploy, rollback */
+    "  profile TEXT NOT NULL, driver TEXT,"
+    "  status TEXT NOT NULL," /* running, paused, halted, interrupted, done, aborted */
+    "  stage INTEGER NOT NULL," /* the stage running or next (0-based) */
+    "  nstages INTEGER NOT NULL,"
+    "  owner TEXT NOT NULL," /* the node lock owner */
+    "  options TEXT NOT NULL," /* JSON */
+    "  reason TEXT,"
+    "  pid INTEGER," /* the kfleet process that runs it */
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, finished_at INTEGER"
+    ");"
+    "CREATE TABLE rollout_nodes ("
+    "  rollout_id INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,"
+    "  host TEXT NOT NULL,"
+    "  stage INTEGER NOT NULL, position INTEGER NOT NULL,"
+    "  state TEXT NOT NULL," /* deploy_state_name() */
+    "  outcome TEXT," /* NULL until it ends: deploy_outcome_name() */
+    "  prior TEXT," /* JSON: what it had before (deploy_prior_to_json) */
+    "  detail TEXT, error_code TEXT, error_phase TEXT, error TEXT, note TEXT, versions TEXT,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  bytes INTEGER NOT NULL DEFAULT 0,"
+    "  seconds REAL, updated_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (rollout_id, host)"
+    ");"
+    "CREATE TABLE rollout_events ("
+    "  id INTEGER PRIMARY KEY,"
+    "  rollout_id INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,"
+    "  host TEXT," /* NULL: the rollout itself */
+    "  at INTEGER NOT NULL, state TEXT NOT NULL, detail TEXT"
+    ");"
+    "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id);",
 };
 
 enum {

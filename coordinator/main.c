@@ -34,13 +34,19 @@ int main(int argc, char **argv)
         return cmd_artifacts(&o);
     if (strcmp(o.command, "keys") == 0)
         return cmd_keys(&o);
+    if (strcmp(o.command, "deploy") == 0)
+        return cmd_deploy(&o);
+    if (strcmp(o.command, "rollback") == 0)
+        return cmd_rollback(&o);
+    if (strcmp(o.command, "rollout") == 0)
+        return cmd_rollout(&o);
     if (strcmp(o.command, "version") == 0) {
         printf("kfleet %s\n", KF_VERSION);
         return KF_EXIT_OK;
     }
     fprintf(stderr,
             "kfleet: unknown command '%s' (commands: hosts, facts, plan, build, builder, "
-            "artifacts, keys, version, help)\n",
+            "artifacts, keys, deploy, rollback, rollout, doctor, version, help)\n",
             o.command);
     return KF_EXIT_USAGE;
 }

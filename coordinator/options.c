@@ -35,6 +35,20 @@ enum {
     OPT_KEY_TYPE,
     OPT_CN,
     OPT_DAYS,
+    OPT_STAGES,
+    OPT_CANARY,
+    OPT_SHUFFLE,
+    OPT_MAX_FAIL,
+    OPT_MAX_FAIL_TOTAL,
+    OPT_PAUSE,
+    OPT_RELOAD,
+    OPT_AUTO_ROLLBACK,
+    OPT_ROLLBACK_STAGE,
+    OPT_ALLOW_MISMATCH,
+    OPT_TRANSFER_FORKS,
+    OPT_BREAK_LOCK,
+    OPT_JUNIT,
+    OPT_TO,
 };
 
 static const struct option long_opts[] = {
@@ -70,6 +84,20 @@ static const struct option long_opts[] = {
     {"type", required_argument, NULL, OPT_KEY_TYPE},
     {"cn", required_argument, NULL, OPT_CN},
     {"days", required_argument, NULL, OPT_DAYS},
+    {"stages", required_argument, NULL, OPT_STAGES},
+    {"canary", required_argument, NULL, OPT_CANARY},
+    {"shuffle", no_argument, NULL, OPT_SHUFFLE},
+    {"max-fail", required_argument, NULL, OPT_MAX_FAIL},
+    {"max-fail-total", required_argument, NULL, OPT_MAX_FAIL_TOTAL},
+    {"pause", required_argument, NULL, OPT_PAUSE},
+    {"reload", no_argument, NULL, OPT_RELOAD},
+    {"auto-rollback", no_argument, NULL, OPT_AUTO_ROLLBACK},
+    {"rollback-stage", no_argument, NULL, OPT_ROLLBACK_STAGE},
+    {"allow-userspace-mismatch", no_argument, NULL, OPT_ALLOW_MISMATCH},
+    {"transfer-forks", required_argument, NULL, OPT_TRANSFER_FORKS},
+    {"break-lock", no_argument, NULL, OPT_BREAK_LOCK},
+    {"junit", required_argument, NULL, OPT_JUNIT},
+    {"to", required_argument, NULL, OPT_TO},
     {NULL, 0, NULL, 0},
 };
 
@@ -143,6 +171,119 @@ void coord_usage(FILE *f, const char *command)
               f);
         return;
     }
+    if (command != NULL && strcmp(command, "deploy") == 0) {
+        fputs("usage: kfleet deploy --driver VERSION [--profile NAME] [-l PATTERN]\n"
+              "                     [--stages LIST] [--canary PATTERN] [--shuffle]\n"
+              "                     [--max-fail N|P%] [--max-fail-total N|P%]\n"
+              "                     [--pause DURATION|manual] [--reload] [--auto-rollback]\n"
+              "                     [--rollback-stage] [--allow-userspace-mismatch]\n"
+              "                     [-f FORKS] [--transfer-forks N] [--break-lock]\n"
+              "                     [--json] [--junit FILE]\n"
+              "\n"
+              "Puts the stored package of each of a node's kernels (running and installed) on\n"
+              "every selected node, in stages, and verifies it. Per node: a preflight check\n"
+              "(a package for every kernel, architecture, free space, Secure Boot needs signed\n"
+              "modules, the userspace driver, the node's lock), then the package is streamed\n"
+              "over SSH (skipped when the node holds it; its sha256 is checked on the node),\n"
+              "installed to /lib/modules/K/updates/kfleet, depmod, and with --reload loaded\n"
+              "into the running kernel and verified (modules loaded, version, nvidia-smi).\n"
+              "The previous release stays on the node for rollback. Every step is journaled in\n"
+              "the state database first: `kfleet rollout resume ID` finishes an interrupted\n"
+              "rollout. Running it again when the fleet is current changes nothing.\n"
+              "\n"
+              "  --stages LIST        stage sizes, counts or percentages, the last repeating\n"
+              "                       (default 1,10%,100%: a canary, 10%, then the rest)\n"
+              "  --canary PATTERN     the nodes of the first stage (default: the first node\n"
+              "                       by name, or the first after --shuffle)\n"
+              "  --max-fail N|P%      failures allowed per stage before the rollout halts\n"
+              "                       (default 0); unreachable and timed-out nodes count\n"
+              "  --max-fail-total N|P%  failures allowed over the whole rollout\n"
+              "  --pause DURATION     wait between stages (10m); 'manual' stops after each\n"
+              "                       stage until kfleet rollout resume ID\n"
+              "  --reload             unload the old modules and load the new ones (drain and\n"
+              "                       undrain hooks of kfleet.yml run around it); without it\n"
+              "                       the modules are installed for the next boot\n"
+              "  --auto-rollback      a node that fails is put back to what it had, and\n"
+              "                       verified again\n"
+              "  --rollback-stage     when a stage halts, roll back every node of that stage\n"
+              "  --allow-userspace-mismatch  reload even when the node's userspace driver is\n"
+              "                       another version (nvidia-smi would fail until it is updated)\n"
+              "  --transfer-forks N   packages sent at once (default deploy.transfer_forks, 16)\n"
+              "  --break-lock         take over a node another (dead) deploy left locked\n"
+              "  --junit FILE         a JUnit XML report (one testcase per node)\n"
+              "\n"
+              "Exit: 0 every node updated or already current; 1 some nodes failed or were\n"
+              "skipped within the budget; 4 halted (a stage went over its budget); 5 paused or\n"
+              "interrupted (resumable); 2 usage or configuration; 3 internal error.\n"
+              "Logs: STATE/logs/rollouts/ID/HOST.log. Ctrl-C once: running nodes finish, no new\n"
+              "one starts; twice: stop now. Both leave the rollout resumable.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet deploy --driver 550.54.15 --stages 1,5,20%,100% --max-fail 5% --reload\n"
+              "  kfleet deploy --driver 550.54.15 -l rack1 --canary gpu001 --auto-rollback\n"
+              "  kfleet deploy --driver 550.54.15 --pause manual --junit deploy.xml --json\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "rollback") == 0) {
+        fputs(
+            "usage: kfleet rollback [-l PATTERN] [--profile NAME] [--to VERSION|none] [--reload]\n"
+            "                       [-f FORKS] [--break-lock] [--json] [--junit FILE]\n"
+            "\n"
+            "Puts every kernel of the selected nodes back to its previous kfleet release\n"
+            "(kept on the node: no transfer), or to --to VERSION (a release the node holds),\n"
+            "or --to none (kfleet's modules removed, the kernel's or distribution's found\n"
+            "again). With --reload the modules of the running kernel are reloaded. Each node\n"
+            "is verified after. Journaled like a deploy (kfleet rollout list).\n"
+            "\n"
+            "Exit: 0 all rolled back or nothing to do, 1 some failed, 2 usage, 3 internal.\n"
+            "\n"
+            "examples:\n"
+            "  kfleet rollback -l 'gpu0[01-10]' --reload\n"
+            "  kfleet rollback --to 550.54.15 -l rack2\n",
+            f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "rollout") == 0) {
+        fputs("usage: kfleet rollout list [--json]\n"
+              "       kfleet rollout show ID [--json] [-v]\n"
+              "       kfleet rollout resume ID [--break-lock] [--json] [--junit FILE]\n"
+              "       kfleet rollout abort ID\n"
+              "\n"
+              "  list    the rollouts, newest first: status, stage, node counts\n"
+              "  show    one rollout: stages, nodes by outcome with folded host ranges, errors,\n"
+              "          which nodes are at which version\n"
+              "  resume  continues a paused, interrupted or halted rollout (also one whose\n"
+              "          kfleet was killed): nodes caught mid-step are finished from where the\n"
+              "          journal says they were, failed nodes of a halted stage are retried\n"
+              "  abort   ends a rollout for good and releases the node locks it holds\n"
+              "\n"
+              "examples:\n"
+              "  kfleet rollout list\n"
+              "  kfleet rollout resume 12\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "doctor") == 0) {
+        fputs("usage: kfleet doctor [-l PATTERN] [--driver VERSION] [--json] [-v]\n"
+              "\n"
+              "Read-only diagnosis of every selected node over SSH; each finding has a\n"
+              "severity, the evidence seen on the node and the fix: driver/library version\n"
+              "mismatch, modules whose vermagic matches no kernel, installed kernels without a\n"
+              "driver (the next reboot loses the GPU), nouveau, NVRM errors in the kernel log\n"
+              "(BAR1 / invalid PCI I/O region), GPUs bound to vfio-pci, Secure Boot with\n"
+              "unsigned modules, unattended upgrades of kernels or drivers.\n"
+              "\n"
+              "Exit: 0 nothing above info, 1 warnings or critical findings (or hosts that did\n"
+              "not answer), 2 usage, 3 internal.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet doctor\n"
+              "  kfleet doctor -l gpu017 -v\n"
+              "  kfleet doctor --json > doctor.json\n",
+              f);
+        return;
+    }
     if (command != NULL && strcmp(command, "keys") == 0) {
         fputs("usage: kfleet keys new [--dir DIR] [--type rsa|rsa2048|rsa3072|rsa4096|p384]\n"
               "                       [--cn NAME] [--days N]\n"
@@ -193,6 +334,10 @@ void coord_usage(FILE *f, const char *command)
           "  build        build what is missing, in containers on the builders\n"
           "  artifacts    list, show, verify, rm, gc the artifact store\n"
           "  builder      builder image: prepare the builders' base image\n"
+          "  deploy       install the stored packages on the nodes, in staged rollouts\n"
+          "  rollback     put nodes back to their previous release\n"
+          "  rollout      list, show, resume, abort rollouts\n"
+          "  doctor       diagnose driver problems on the nodes (read-only)\n"
           "  keys         keys new: a module signing key and MOK certificate\n"
           "  version      print the version\n"
           "  help [CMD]   this text, or a command's\n"
@@ -292,8 +437,10 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
     o->progress = -1;
     env = getenv("KFLEET_INVENTORY");
     o->inventory = env && *env ? env : "inventory.yml";
+    o->inventory_given = env && *env;
     env = getenv("KFLEET_CONFIG");
     o->config = env && *env ? env : "kfleet.yml";
+    o->config_given = env && *env;
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":i:l:f:vh", long_opts, NULL)) != -1) {
@@ -301,6 +448,7 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
         switch (c) {
         case 'i':
             o->inventory = optarg;
+            o->inventory_given = 1;
             break;
         case 'l':
             o->limit = optarg;
@@ -346,6 +494,52 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             break;
         case OPT_CONFIG:
             o->config = optarg;
+            o->config_given = 1;
+            break;
+        case OPT_STAGES:
+            o->stages = optarg;
+            break;
+        case OPT_CANARY:
+            o->canary = optarg;
+            break;
+        case OPT_SHUFFLE:
+            o->shuffle = 1;
+            break;
+        case OPT_MAX_FAIL:
+            o->max_fail = optarg;
+            break;
+        case OPT_MAX_FAIL_TOTAL:
+            o->max_fail_total = optarg;
+            break;
+        case OPT_PAUSE:
+            o->pause = optarg;
+            break;
+        case OPT_RELOAD:
+            o->reload = 1;
+            break;
+        case OPT_AUTO_ROLLBACK:
+            o->auto_rollback = 1;
+            break;
+        case OPT_ROLLBACK_STAGE:
+            o->rollback_stage = 1;
+            break;
+        case OPT_ALLOW_MISMATCH:
+            o->allow_userspace_mismatch = 1;
+            break;
+        case OPT_TRANSFER_FORKS:
+            if (parse_uint(optarg, 1, 10000, &o->transfer_forks) < 0)
+                bad = "--transfer-forks takes a number from 1 to 10000";
+            break;
+        case OPT_BREAK_LOCK:
+            o->break_lock = 1;
+            break;
+        case OPT_JUNIT:
+            o->junit = optarg;
+            break;
+        case OPT_TO:
+            if (strcmp(optarg, "none") != 0 && !kf_driver_version_valid(optarg))
+                bad = "--to takes a driver version like 550.54.15, or none";
+            o->to = optarg;
             break;
         case OPT_DRIVER:
             if (!kf_driver_version_valid(optarg))
@@ -440,7 +634,7 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
     o->args = argv + optind;
     o->nargs = (size_t)(argc - optind);
     if (o->nargs > 0 && strcmp(o->command, "artifacts") != 0 && strcmp(o->command, "keys") != 0 &&
-        strcmp(o->command, "builder") != 0) {
+        strcmp(o->command, "builder") != 0 && strcmp(o->command, "rollout") != 0) {
         fprintf(stderr, "kfleet: unexpected argument '%s' (see kfleet help %s)\n", argv[optind],
                 o->command);
         return KF_EXIT_USAGE;

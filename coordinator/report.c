@@ -118,7 +118,8 @@ void coord_progress_update(struct coord_progress *p, size_t done, size_t failed,
     if (!force && p->shown && now - p->last_ms < 100)
         return;
     p->last_ms = now;
-    fprintf(stderr, "\r\033[K%s: %zu/%zu done, %zu failed", p->label, done, p->total, failed);
+    fprintf(stderr, "\r\033[K%s: %zu/%zu done, %zu failed%s%s", p->label, done, p->total, failed,
+            p->extra[0] ? ", " : "", p->extra);
     fflush(stderr);
     p->shown = 1;
 }
