@@ -3,7 +3,7 @@
 # packages. Idempotent: packages already present are left alone, and apt-get
 # is not even asked when nothing is missing.
 #
-#   contrib/install-deps.sh            build + test + runtime (default)
+#   contrib/install-deps.sh            build + test + runtime + VM (default)
 #   contrib/install-deps.sh --bench    also the comparison tools of bench/
 set -eu
 
@@ -14,16 +14,22 @@ libssl-dev libsqlite3-dev libyaml-dev libjansson-dev"
 # ssh-keygen) for the test fleet; util-linux for unshare; shellcheck for the
 # shell scripts; sqlite3 to inspect the state database from tests.
 TEST="libcmocka-dev openssh-server openssh-client util-linux procps shellcheck
-sqlite3 python3 jq sudo iproute2 clang-format openssl"
+sqlite3 python3 jq sudo iproute2 clang-format openssl busybox"
 # Builds: rootful podman with runc (crun refuses hybrid cgroups; runc named
 # on the same apt line is what podman's "crun | runc" takes), debootstrap
 # and the archive keyring for the builder base image; binutils (objcopy)
 # strips modules on the control host.
 RUNTIME="podman runc debootstrap debian-archive-keyring binutils kmod"
+# tests/vm/: real Debian kernels under qemu (TCG; seabios and ipxe-qemu come
+# as qemu's dependencies), qcow2 overlays (qemu-utils), the guest's ext4 image
+# made with mkfs.ext4 -d (e2fsprogs), its root made with debootstrap, and
+# ssh-keygen/ssh for the guest's keys and the client (openssh-client).
+VM="qemu-system-x86 qemu-utils e2fsprogs debootstrap debian-archive-keyring
+openssh-client"
 # bench/: the tools an operator would otherwise use, measured in the same run.
 BENCH="pssh ansible-core time"
 
-pkgs="$BUILD $TEST $RUNTIME"
+pkgs="$BUILD $TEST $RUNTIME $VM"
 for arg in "$@"; do
 	case "$arg" in
 	--bench) pkgs="$pkgs $BENCH" ;;
