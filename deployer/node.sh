@@ -99,6 +99,11 @@ cleanup() {
 	if [ -n "$MADE_RDIR" ]; then rmdir "$MADE_RDIR" 2>/dev/null; fi
 	if [ -n "$MADE_REL" ]; then rmdir "$MADE_REL" 2>/dev/null; fi
 	TMP_IN='' TMP_NEW='' TMP_OLD='' TMP_STATE='' TMP_LIST='' MADE_RDIR='' MADE_REL=''
+	# The running action's claim (see action_claim) ends with it.
+	if [ "${CLAIMED:-0}" = 1 ] && read_first "$KL/lock/pid" && [ "$REPLY" = "$$" ]; then
+		rm -f "$KL/lock/pid"
+	fi
+	CLAIMED=0
 }
 
 log_action() { # RESULT
@@ -608,9 +613,35 @@ lock_write() {
 	die env "cannot write /var/lib/kfleet/lock/owner"
 }
 
+# action_claim: lock/pid names the node.sh process that is changing the
+# node now. A change runs to its end even when kfleet's connection is gone
+# (HUP and PIPE are ignored), so a resumed rollout, which holds the same lock,
+# could start its next action beside it: it waits for that process instead
+# (up to 120 s). The pid is checked against the real /proc (a live process
+# whose command line names kfleet-node), so a stale pid is not waited for.
+action_claim() {
+	_waited=0
+	while read_first "$KL/lock/pid" && valid_digits "$REPLY" && [ "$REPLY" != "$$" ] &&
+		kill -0 "$REPLY" 2>/dev/null && grep -q kfleet-node "/proc/$REPLY/cmdline" 2>/dev/null; do
+		[ "$_waited" = 0 ] && say "waiting for the earlier action of this lock (pid $REPLY) to end"
+		_waited=$((_waited + 1))
+		if [ "$_waited" -gt 120 ]; then
+			die locked "$LK_OWNER $LK_SINCE" "an earlier action (pid $REPLY) of $LK_OWNER still runs after 120 s"
+		fi
+		sleep 1
+	done
+	if printf '%s\n' "$$" >"$KL/lock/pid.$$" 2>/dev/null && mv -f "$KL/lock/pid.$$" "$KL/lock/pid" 2>/dev/null; then
+		CLAIMED=1
+		return 0
+	fi
+	die env "cannot write /var/lib/kfleet/lock/pid"
+}
+
 lock_take() {
+	LK_OWNER=$O_OWNER LK_SINCE=$NOW
 	if mkdir "$KL/lock" 2>/dev/null; then
 		lock_write
+		action_claim
 		return 0
 	fi
 	[ -d "$KL/lock" ] || die env "cannot create /var/lib/kfleet/lock"
@@ -621,6 +652,7 @@ lock_take() {
 	fi
 	if [ "$LK_VALID" = 1 ] && [ "$LK_OWNER" = "$O_OWNER" ]; then
 		say "the lock is ours already (since $LK_SINCE): going on"
+		action_claim
 		return 0
 	fi
 	if [ "$F_BREAK" = 1 ]; then
@@ -628,6 +660,7 @@ lock_take() {
 		rm -rf "$KL/lock"
 		mkdir "$KL/lock" 2>/dev/null || die env "cannot take /var/lib/kfleet/lock after breaking it"
 		lock_write
+		action_claim
 		return 0
 	fi
 	if [ "$LK_VALID" = 1 ]; then
@@ -1613,7 +1646,7 @@ do_unlock() {
 	fi
 	lock_read
 	if [ "$LK_VALID" = 1 ] && [ "$LK_OWNER" = "$O_OWNER" ]; then
-		:
+		action_claim # an earlier action of this owner ends first
 	elif [ "$F_BREAK" = 1 ]; then
 		say "breaking the lock of $LK_OWNER (held since $LK_SINCE)"
 	else

@@ -1149,6 +1149,26 @@ test_lock() {
 	want_ok install "same owner again"
 	ok "the same owner takes the lock again"
 
+	# An earlier action of the same owner still runs (kfleet lost its
+	# connection; the action goes on to its end): the next one waits for it.
+	local ep t0
+	sh -c 'sleep 2; :' kfleet-node &
+	ep=$!
+	echo "$ep" >"$R/var/lib/kfleet/lock/pid"
+	t0=$SECONDS
+	install_pkg C
+	want_ok install "after an earlier action of the same owner"
+	[ $((SECONDS - t0)) -ge 1 ] || fail "install did not wait for the earlier action (pid $ep)"
+	want_err "waiting for the earlier action of this lock (pid $ep)" "earlier action"
+	wait "$ep" || true
+	want_absent "$R/var/lib/kfleet/lock/pid" "after the action"
+	echo 999999 >"$R/var/lib/kfleet/lock/pid"
+	t0=$SECONDS
+	install_pkg C
+	want_ok install "with a stale action pid"
+	[ $((SECONDS - t0)) -lt 2 ] || fail "install waited for a pid that does not run"
+	ok "an action of the same owner still running is waited for (lock/pid); a stale pid is not"
+
 	install_pkg C --break-lock
 	want_ok install "--break-lock by the owner"
 	node install --profile nvidia-run --driver "$DRV_C" --kernel "$K" --sha256 "$SHA_C" --owner other@ctl2 --break-lock
