@@ -657,7 +657,9 @@ static void on_done(struct deploy_node *n)
             snprintf(r->halt_reason, sizeof(r->halt_reason),
                      "stage %d: %zu failed, over its budget of %zu (--max-fail %s of %zu nodes)",
                      r->ro.stage + 1, r->stage_failed, allowed,
-                     coord_budget_str(&r->max_fail, b1, sizeof(b1)), r->stage_size);
+                     r->max_fail.set ? coord_budget_str(&r->max_fail, b1, sizeof(b1))
+                                     : "0, the default,",
+                     r->stage_size);
         } else if (!r->halting && r->max_fail_total.set &&
                    r->total_failed > coord_budget_allowed(&r->max_fail_total, r->total_nodes)) {
             r->halting = 1;

@@ -275,6 +275,11 @@ static void run_action(struct deploy_node *n, const char *action, const struct a
         fail_hard(n, rc, "cannot build the node command for %s: %s", action, kf_strerror(rc));
         return;
     }
+    /* The changing actions take the node's lock: from here on it is ours
+     * to release. (Nothing else on the node changes before them.) */
+    if (strcmp(action, "receive") == 0 || strcmp(action, "install") == 0 ||
+        strcmp(action, "load") == 0 || strcmp(action, "rollback") == 0)
+        n->hold_lock = 1;
     ssh_exec_init(&n->x);
     n->x_init = 1;
     n->x.command = n->cmd;
@@ -1128,7 +1133,9 @@ static int plan_install(struct deploy_node *n)
         n->outcome = DO_FAILED;
         return 1;
     }
-    n->hold_lock = 1;
+    /* Our own lock left by a crashed run of this rollout is ours to release. */
+    if (c->locked && strcmp(c->lock_owner, n->o->owner) == 0)
+        n->hold_lock = 1;
     return 0;
 }
 
@@ -1229,7 +1236,6 @@ static void on_check(struct deploy_node *n, const struct deploy_result *r)
                 conclude(n);
                 return;
             }
-            n->hold_lock = 1;
             n->rolling_back = 1;
             n->need_reload = n->o->reload;
         } else if (n->check.locked && strcmp(n->check.lock_owner, n->o->owner) == 0) {

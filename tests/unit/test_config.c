@@ -151,6 +151,59 @@ static void test_contrib_example(void **state)
     coord_config_release(&c);
 }
 
+static void test_deploy_section(void **state)
+{
+    struct coord_config c;
+    struct kf_err err;
+    const struct coord_profile *p;
+
+    (void)state;
+    /* Defaults without a deploy section. */
+    assert_int_equal(load_text(&c, "store: /s\n", &err), 0);
+    assert_string_equal(c.deploy.smi, "auto");
+    assert_null(c.deploy.verify);
+    assert_null(c.deploy.drain.command);
+    assert_int_equal(c.deploy.transfer_forks, 16);
+    assert_int_equal(c.deploy.transfer_timeout, 600);
+    coord_config_release(&c);
+    assert_int_equal(
+        load_text(&c,
+                  "deploy:\n"
+                  "  smi: require\n"
+                  "  verify: nvidia-smi -q\n"
+                  "  drain: {command: 'kubectl drain {host}', on: control, timeout: 30}\n"
+                  "  undrain: kubectl uncordon {host}\n"
+                  "  transfer_forks: 4\n"
+                  "  transfer_timeout: 120\n",
+                  &err),
+        0);
+    assert_string_equal(c.deploy.smi, "require");
+    assert_string_equal(c.deploy.verify, "nvidia-smi -q");
+    assert_string_equal(c.deploy.drain.command, "kubectl drain {host}");
+    assert_false(c.deploy.drain.on_node);
+    assert_int_equal(c.deploy.drain.timeout, 30);
+    assert_string_equal(c.deploy.undrain.command, "kubectl uncordon {host}");
+    assert_int_equal(c.deploy.undrain.timeout, 600);
+    assert_int_equal(c.deploy.transfer_forks, 4);
+    /* the profile a command picks */
+    p = coord_config_select_profile(&c, NULL, &err);
+    assert_non_null(p);
+    assert_string_equal(p->name, "nvidia");
+    assert_null(coord_config_select_profile(&c, "zfs", &err));
+    assert_non_null(strstr(err.msg, "no profile 'zfs' (profiles: nvidia)"));
+    coord_config_release(&c);
+    assert_int_equal(load_text(&c, "deploy: {smi: maybe}\n", &err), KF_ECONFIG);
+    assert_non_null(strstr(err.msg, "deploy.smi: expected auto, require or skip, got 'maybe'"));
+    assert_int_equal(load_text(&c, "deploy: {drain: {on: node}}\n", &err), KF_ECONFIG);
+    assert_non_null(strstr(err.msg, "deploy.drain: command: required"));
+    assert_int_equal(load_text(&c, "deploy: {drain: {command: x, on: moon}}\n", &err), KF_ECONFIG);
+    assert_non_null(strstr(err.msg, "deploy.drain: on: expected control"));
+    assert_int_equal(load_text(&c, "deploy: {transfer_forks: 0}\n", &err), KF_ECONFIG);
+    assert_non_null(strstr(err.msg, "deploy.transfer_forks"));
+    assert_int_equal(load_text(&c, "deploy: {pause: 5m}\n", &err), KF_ECONFIG);
+    assert_non_null(strstr(err.msg, "deploy.pause: unknown key"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -158,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_full_config),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_contrib_example),
+        cmocka_unit_test(test_deploy_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -56,6 +56,24 @@ static void test_options(void **state)
     assert_int_equal(parse(&o, "facts extra"), KF_EXIT_USAGE);
     assert_int_equal(parse(&o, ""), KF_EXIT_USAGE);
     assert_int_equal(parse(&o, "facts -i"), KF_EXIT_USAGE);
+    /* deploy's options */
+    assert_int_equal(parse(&o, "deploy --driver 550.54.15 --reload --auto-rollback "
+                               "--rollback-stage --transfer-forks 3 --break-lock --shuffle"),
+                     0);
+    assert_int_equal(o.reload, 1);
+    assert_int_equal(o.auto_rollback, 1);
+    assert_int_equal(o.rollback_stage, 1);
+    assert_int_equal(o.transfer_forks, 3);
+    assert_int_equal(o.break_lock, 1);
+    assert_int_equal(o.shuffle, 1);
+    assert_int_equal(parse(&o, "deploy --transfer-forks 0"), KF_EXIT_USAGE);
+    assert_int_equal(parse(&o, "deploy --driver 5;5"), KF_EXIT_USAGE);
+    assert_int_equal(parse(&o, "rollback --to none"), 0);
+    assert_int_equal(parse(&o, "rollback --to 550.54.15"), 0);
+    assert_int_equal(parse(&o, "rollback --to yesterday"), KF_EXIT_USAGE);
+    assert_int_equal(parse(&o, "rollout resume 12"), 0);
+    assert_int_equal(o.nargs, 2);
+    assert_int_equal(parse(&o, "deploy extra"), KF_EXIT_USAGE);
 }
 
 struct fan_probe {
