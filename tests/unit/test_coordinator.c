@@ -156,7 +156,7 @@ static void test_db_schema_and_privacy(void **state)
 
     snprintf(path, sizeof(path), "%s/nested/state", dir);
     assert_int_equal(coord_db_open(&d, path, &err), 0);
-    assert_int_equal(coord_db_schema_version(&d), 3);
+    assert_int_equal(coord_db_schema_version(&d), 4);
     coord_db_close(&d);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
@@ -166,7 +166,7 @@ static void test_db_schema_and_privacy(void **state)
     /* reopening migrates nothing and keeps the version */
     snprintf(path, sizeof(path), "%s/nested/state", dir);
     assert_int_equal(coord_db_open(&d, path, &err), 0);
-    assert_int_equal(coord_db_schema_version(&d), 3);
+    assert_int_equal(coord_db_schema_version(&d), 4);
     /* a database from a newer kfleet is refused, not damaged */
     assert_int_equal(sqlite3_exec(d.db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
     coord_db_close(&d);
