@@ -78,10 +78,10 @@ static const char *const migrations[] = {
     "  id INTEGER PRIMARY KEY,"
     "  kind TEXT NOT NULL," /* deploy, rollback */
     "  profile TEXT NOT NULL, driver TEXT,"
-    "  status TEXT NOT NULL," /* running, paused, halted, interrupted, done, aborted */
+    "  status TEXT NOT NULL,"   /* running, paused, halted, interrupted, done, aborted */
     "  stage INTEGER NOT NULL," /* the stage running or next (0-based) */
     "  nstages INTEGER NOT NULL,"
-    "  owner TEXT NOT NULL," /* the node lock owner */
+    "  owner TEXT NOT NULL,"   /* the node lock owner */
     "  options TEXT NOT NULL," /* JSON */
     "  reason TEXT,"
     "  pid INTEGER," /* the kfleet process that runs it */
@@ -92,8 +92,8 @@ static const char *const migrations[] = {
     "  host TEXT NOT NULL,"
     "  stage INTEGER NOT NULL, position INTEGER NOT NULL,"
     "  state TEXT NOT NULL," /* deploy_state_name() */
-    "  outcome TEXT," /* NULL until it ends: deploy_outcome_name() */
-    "  prior TEXT," /* JSON: what it had before (deploy_prior_to_json) */
+    "  outcome TEXT,"        /* NULL until it ends: deploy_outcome_name() */
+    "  prior TEXT,"          /* JSON: what it had before (deploy_prior_to_json) */
     "  detail TEXT, error_code TEXT, error_phase TEXT, error TEXT, note TEXT, versions TEXT,"
     "  attempts INTEGER NOT NULL DEFAULT 0,"
     "  bytes INTEGER NOT NULL DEFAULT 0,"

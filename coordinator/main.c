@@ -40,6 +40,8 @@ int main(int argc, char **argv)
         return cmd_rollback(&o);
     if (strcmp(o.command, "rollout") == 0)
         return cmd_rollout(&o);
+    if (strcmp(o.command, "doctor") == 0)
+        return cmd_doctor(&o);
     if (strcmp(o.command, "version") == 0) {
         printf("kfleet %s\n", KF_VERSION);
         return KF_EXIT_OK;

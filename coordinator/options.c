@@ -265,23 +265,29 @@ void coord_usage(FILE *f, const char *command)
         return;
     }
     if (command != NULL && strcmp(command, "doctor") == 0) {
-        fputs("usage: kfleet doctor [-l PATTERN] [--driver VERSION] [--json] [-v]\n"
-              "\n"
-              "Read-only diagnosis of every selected node over SSH; each finding has a\n"
-              "severity, the evidence seen on the node and the fix: driver/library version\n"
-              "mismatch, modules whose vermagic matches no kernel, installed kernels without a\n"
-              "driver (the next reboot loses the GPU), nouveau, NVRM errors in the kernel log\n"
-              "(BAR1 / invalid PCI I/O region), GPUs bound to vfio-pci, Secure Boot with\n"
-              "unsigned modules, unattended upgrades of kernels or drivers.\n"
-              "\n"
-              "Exit: 0 nothing above info, 1 warnings or critical findings (or hosts that did\n"
-              "not answer), 2 usage, 3 internal.\n"
-              "\n"
-              "examples:\n"
-              "  kfleet doctor\n"
-              "  kfleet doctor -l gpu017 -v\n"
-              "  kfleet doctor --json > doctor.json\n",
-              f);
+        fputs(
+            "usage: kfleet doctor [-l PATTERN] [--driver VERSION] [--profile NAME] [--json] [-v]\n"
+            "                     [--print-probe]\n"
+            "\n"
+            "Read-only diagnosis of every selected node over SSH; each finding has a\n"
+            "severity, the evidence seen on the node and the fix: driver/library version\n"
+            "mismatch, modules whose vermagic matches no kernel, installed kernels without a\n"
+            "driver (the next reboot loses the GPU), nouveau, NVRM errors in the kernel log\n"
+            "(BAR1 / invalid PCI I/O region), GPUs bound to vfio-pci, Secure Boot with\n"
+            "unsigned modules, unattended upgrades of kernels or drivers.\n"
+            "--driver: the version the nodes should run; --profile: the profile whose module\n"
+            "every kernel needs (default nvidia). Findings are grouped by severity and code;\n"
+            "-v adds each host's.\n"
+            "\n"
+            "Exit: 0 nothing above info, 1 warnings or critical findings (or hosts that did\n"
+            "not answer), 2 usage, 3 internal.\n"
+            "\n"
+            "examples:\n"
+            "  kfleet doctor\n"
+            "  kfleet doctor -l gpu017 -v\n"
+            "  kfleet doctor --json > doctor.json\n"
+            "  kfleet doctor --print-probe   # the command run on each node\n",
+            f);
         return;
     }
     if (command != NULL && strcmp(command, "keys") == 0) {

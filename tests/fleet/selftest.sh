@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # selftest.sh -- checks testfleet.sh with OpenSSH's own client: brings up a
 # fleet with every fault, compares what each node answers with
-# expected.tsv, tries each fault, exercises the kmod stubs, takes the fleet
-# down, checks nothing is left, and brings it up again in the same DIR.
+# expected.tsv, tries each fault, exercises the kmod stubs and the keys that
+# seed test cases (disk, modprobe_fail, ko, nouveau, pci_driver, iommu,
+# cmdline, mok) and the dmesg/systemctl/mokutil stubs, checks the tools a
+# deploy needs, takes the fleet down, checks nothing is left (on the host
+# neither), and brings it up again in the same DIR.
 #
 #   tests/fleet/selftest.sh [--nodes N] [--base-port P] [--keep]
 #
@@ -74,8 +77,23 @@ trap cleanup EXIT
 
 tf_ssh() { "$TF" ssh --dir "$DIR" -o ConnectTimeout=10 "$@"; }
 
-echo "== up: $nodes nodes with faults, in $DIR"
-"$TF" up --dir "$DIR" --nodes "$nodes" --faults --base-port "$base"
+K1=6.1.0-47-amd64
+K2=6.1.0-50-amd64
+# What nodes get their own copy of, to check the host's stays as it was.
+host_state() {
+	ls -la /etc/modprobe.d /etc/apt/apt.conf.d /sys/class/iommu 2>&1
+	cat /proc/cmdline
+}
+host_before=$(host_state)
+
+echo "== up: $nodes nodes with faults and 3 with the seeding keys, in $DIR"
+"$TF" spec --nodes "$nodes" --faults >"$DIR/spec.in"
+cat >>"$DIR/spec.in" <<EOF
+xdisk01 kernel=$K1 gpus=1 driver=550.54.15 userspace=550.54.15 disk=2048 kfleet=550.54.15:$K1 modprobe_fail=nvidia-uvm ko=550.54.15
+xko01 kernel=$K2 installed=$K1,$K2 gpus=2 sb=enabled ko=550.54.15:signed nouveau=blacklisted pci_driver=vfio-pci iommu=on cmdline=intel_iommu=on,iommu=pt mok=kfleet-test,Other-CA
+xnv01 kernel=$K1 gpus=1 nouveau=loaded
+EOF
+"$TF" up --dir "$DIR" --spec "$DIR/spec.in" --base-port "$base"
 
 # One probe per node, the way fact gathering might ask.
 # shellcheck disable=SC2016  # runs on the node
@@ -215,6 +233,131 @@ msg=$(tf_ssh "$n" 'nvidia-smi --query-gpu=driver_version --format=csv,noheader; 
 expect "$n mismatch" "$msg" "Failed to initialize NVML: Driver/library version mismatch
 rc=18"
 
+echo "== seeding keys"
+expect "spec keeps the keys" "$(grep '^xdisk01 ' "$DIR/spec" | grep -o 'disk=[^ ]*\|modprobe_fail=[^ ]*\|ko=[^ ]*' | paste -sd' ' -)" \
+	"disk=2048 modprobe_fail=nvidia-uvm ko=550.54.15"
+# disk=: a small /var/lib of its own, started with what fs/var/lib holds.
+expect "disk= size" "$(tf_ssh xdisk01 'df -Pk /var/lib/kfleet' | awk 'NR == 2 { print $2 }')" 2048
+expect "disk= state copied" "$(tf_ssh xdisk01 'cat /var/lib/kfleet/state')" "driver=550.54.15
+kernel=$K1"
+expect_match "disk= full" "$(tf_ssh xdisk01 'dd if=/dev/zero of=/var/lib/kfleet/big bs=1k count=3000 2>&1; rm -f /var/lib/kfleet/big')" \
+	"*No space left on device*"
+tf_ssh xdisk01 'echo node >/var/lib/kfleet/written-on-node'
+check "disk=: the node's writes stay in its tmpfs" test ! -e "$DIR/nodes/xdisk01/fs/var/lib/kfleet/written-on-node"
+check "disk=: the host sees them through /proc/PID/root" \
+	test -e "/proc/$(cat "$DIR/nodes/xdisk01/pid")/root/var/lib/kfleet/written-on-node"
+# modprobe_fail= from the spec, then changed by the host at run time.
+conf=$DIR/nodes/xdisk01/fs/usr/local/etc/testnode.conf
+lines=$(wc -l <"$conf")
+# shellcheck disable=SC2016  # runs on the node
+expect "modprobe_fail= from the spec" "$(tf_ssh xdisk01 'modprobe -r nvidia_uvm; echo r=$?; modprobe nvidia-uvm; echo load=$?; test -d /sys/module/nvidia_uvm || echo not-loaded' 2>&1)" \
+	"r=0
+modprobe: ERROR: could not insert 'nvidia_uvm': Exec format error
+load=1
+not-loaded"
+sed -i "s/^modprobe_fail=.*/modprobe_fail=''/" "$conf"
+# shellcheck disable=SC2016
+expect "modprobe_fail= cleared at run time" "$(tf_ssh xdisk01 'modprobe nvidia-uvm; echo load=$?; cat /sys/module/nvidia_uvm/version' 2>&1)" "load=0
+550.54.15"
+expect "testnode.conf keeps its other lines" "$(wc -l <"$conf") $(sed -n 2p "$conf")" "$lines name='xdisk01'"
+echo "modprobe_fail=nvidia_modeset" >>"$conf"
+# shellcheck disable=SC2016
+expect "modprobe_fail= appended, as a dependency" "$(tf_ssh xdisk01 'modprobe -r nvidia_drm; modprobe nvidia-drm; echo load=$?; modprobe -r nvidia_uvm; echo r=$?' 2>&1)" \
+	"modprobe: ERROR: could not insert 'nvidia_modeset': Exec format error
+load=1
+r=0"
+# NAME@VERSION: only that version of the module fails.
+echo "modprobe_fail=nvidia_uvm@550.54.15" >>"$conf"
+# shellcheck disable=SC2016
+expect "modprobe_fail=NAME@VERSION, that version" "$(tf_ssh xdisk01 'modprobe nvidia-uvm; echo load=$?' 2>&1)" \
+	"modprobe: ERROR: could not insert 'nvidia_uvm': Exec format error
+load=1"
+echo "modprobe_fail=nvidia_uvm@535.104.05" >>"$conf"
+# shellcheck disable=SC2016
+expect "modprobe_fail=NAME@VERSION, another version" "$(tf_ssh xdisk01 'modprobe nvidia-uvm; echo load=$?' 2>&1)" "load=0"
+# ko=: kfleet's modules for every installed kernel, signed.
+# shellcheck disable=SC2016  # runs on the node
+expect "ko= files" "$(tf_ssh xko01 "for k in $K1 $K2; do ls /lib/modules/\$k/updates/kfleet | paste -sd, -; wc -l </lib/modules/\$k/modules.dep; done
+f=/lib/modules/$K1/updates/kfleet/nvidia-uvm.ko
+modinfo -F version \$f; modinfo -F vermagic \$f; modinfo -F depends \$f; modinfo -F signer \$f; tail -c 28 \$f")" \
+	"nvidia-drm.ko,nvidia-modeset.ko,nvidia-uvm.ko,nvidia.ko
+4
+nvidia-drm.ko,nvidia-modeset.ko,nvidia-uvm.ko,nvidia.ko
+4
+550.54.15
+$K1 SMP preempt mod_unload modversions 
+nvidia
+testfleet-signing
+~Module signature appended~"
+# shellcheck disable=SC2016  # runs on the node
+expect "ko= loads" "$(tf_ssh xko01 'modprobe nvidia-drm && lsmod | awk "NR > 1 { print \$1 }" | sort | paste -sd" " -')" \
+	"nvidia nvidia_drm nvidia_modeset"
+# pci_driver=, iommu=, cmdline=, mok=, nouveau=.
+# shellcheck disable=SC2016  # runs on the node
+expect "pci_driver= links" "$(tf_ssh xko01 'for d in /sys/bus/pci/devices/*/driver; do readlink $d; done | sort | uniq -c | tr -s " "')" \
+	" 2 ../../../bus/pci/drivers/vfio-pci"
+if [[ -d /sys/class/iommu ]]; then
+	expect "iommu=on" "$(tf_ssh xko01 'ls /sys/class/iommu | paste -sd" " -')" "dmar0 dmar1"
+	expect "iommu=off" "$(tf_ssh xnv01 'ls /sys/class/iommu | wc -l')" 0
+fi
+expect "cmdline=" "$(tf_ssh xko01 'cat /proc/cmdline')" "BOOT_IMAGE=/boot/vmlinuz-$K2 root=/dev/vda1 ro quiet intel_iommu=on iommu=pt"
+expect "mok=" "$(tf_ssh xko01 'mokutil --list-enrolled | grep Subject:')" "        Subject: CN = kfleet-test
+        Subject: CN = Other-CA"
+# shellcheck disable=SC2016  # runs on the node
+expect "mok= none" "$(tf_ssh xnv01 'mokutil --list-enrolled; echo rc=$?' 2>&1)" "MokListRT is empty
+rc=1"
+expect "nouveau=blacklisted" "$(tf_ssh xko01 'cat /etc/modprobe.d/*.conf; ls /lib/modules/*/kernel/drivers/gpu/drm/nouveau/nouveau.ko | wc -l')" \
+	"blacklist nouveau
+options nouveau modeset=0
+2"
+expect "nouveau=loaded" "$(tf_ssh xnv01 'cat /sys/module/nouveau/initstate; lsmod | grep -c "^nouveau "; ls /etc/modprobe.d | wc -l')" "live
+1
+0"
+# The stubs a diagnosis reads: dmesg and systemctl answer from the node's files.
+expect_match "dmesg default" "$(tf_ssh xnv01 dmesg)" "*Linux version $K1 *"
+printf '[    5.2] NVRM: BAR1 is 0M @ 0x0 (PCI:0000:00:05.0)\n' >"$DIR/nodes/xnv01/fs/usr/local/etc/testnode.dmesg"
+expect "dmesg from testnode.dmesg" "$(tf_ssh xnv01 'dmesg -T')" "[    5.2] NVRM: BAR1 is 0M @ 0x0 (PCI:0000:00:05.0)"
+# shellcheck disable=SC2016  # runs on the node
+expect "systemctl unknown unit" "$(tf_ssh xnv01 'systemctl is-enabled apt-daily-upgrade.timer; echo rc=$?' 2>&1)" \
+	"Failed to get unit file state for apt-daily-upgrade.timer: No such file or directory
+rc=1"
+echo "apt-daily-upgrade.timer enabled" >"$DIR/nodes/xnv01/fs/usr/local/etc/testnode.units"
+# shellcheck disable=SC2016  # runs on the node
+expect "systemctl from testnode.units" "$(tf_ssh xnv01 'systemctl is-enabled apt-daily-upgrade.timer; echo rc=$?')" "enabled
+rc=0"
+# /etc/modprobe.d and /etc/apt/apt.conf.d: each node's own, empty by default.
+if [[ -d /etc/apt/apt.conf.d ]]; then
+	echo 'APT::Periodic::Unattended-Upgrade "1";' >"$DIR/nodes/xnv01/fs/etc/apt/apt.conf.d/20auto-upgrades"
+	expect "apt.conf.d per node" "$(tf_ssh xnv01 'ls /etc/apt/apt.conf.d') | $(tf_ssh xko01 'ls /etc/apt/apt.conf.d | wc -l')" "20auto-upgrades | 0"
+fi
+if [[ -d /etc/modprobe.d ]]; then
+	tf_ssh xnv01 'echo "blacklist nouveau" >/etc/modprobe.d/written-on-node.conf'
+	check "modprobe.d written on the node lands in its tree" test -f "$DIR/nodes/xnv01/fs/etc/modprobe.d/written-on-node.conf"
+fi
+
+echo "== tools a deploy uses, and /var/lib/kfleet per node"
+n=$(fault_node none)
+m=$(awk -F'\t' -v n="$n" '$1 !~ /^#/ && $1 != n && $11 == "none" { print $1; exit }' "$DIR/expected.tsv")
+# shellcheck disable=SC2016  # runs on the node
+expect "$n tools" "$(tf_ssh "$n" 'for t in sha256sum tar gzip cmp df mkdir mv; do command -v $t >/dev/null || echo "missing $t"; done
+set -e
+d=/var/lib/kfleet
+mkdir -p $d/incoming $d/pkg/modules && echo x >$d/pkg/modules/a.ko
+tar -C $d -czf $d/incoming/p.tar.gz pkg && gzip -t $d/incoming/p.tar.gz
+s=$(sha256sum $d/incoming/p.tar.gz | cut -d" " -f1) && [ ${#s} = 64 ]
+mkdir $d/x && tar -C $d/x -xzf $d/incoming/p.tar.gz && cmp $d/x/pkg/modules/a.ko $d/pkg/modules/a.ko
+mv $d/x $d/releases && df -Pk $d | awk "NR == 2 && \$4 > 0 { print \"ok\" }"
+hostname >$d/owner')" ok
+# shellcheck disable=SC2016  # runs on the node
+expect "/var/lib/kfleet is per node" "$(cat "$DIR/nodes/$n/fs/var/lib/kfleet/owner") $(tf_ssh "$m" 'cat /var/lib/kfleet/owner 2>/dev/null || echo none')" "$n none"
+
+echo "== bad seeding keys are refused before anything starts"
+for bad in "disk=10" "disk=2k" "modprobe_fail=a;b" "ko=550" "ko=550.54.15:unsigned" "nouveau=maybe" \
+	"pci_driver=a/b" "iommu=yes" "cmdline=a;b" "mok=a/b" "disk=4096 containers=host"; do
+	fails_with "spec $bad" "*error*" "$TF" up --dir "$DIR-bad" --spec - <<<"bad01 $bad"
+done
+check "no DIR made for a bad spec" test ! -e "$DIR-bad"
+
 echo "== down, leftovers, up again in the same DIR"
 sess=$(fault_node none)
 tf_ssh "$sess" 'sleep 600' >/dev/null 2>&1 &
@@ -229,6 +372,7 @@ check "second down" "$TF" down --dir "$DIR"
 expect "uname after re-up" "$(tf_ssh node002 'uname -r')" 6.1.0-50-amd64
 "$TF" down --dir "$DIR"
 expect "processes left after second down" "$(pgrep -fc "$DIR" || true)" 0
+expect "host directories unchanged" "$(host_state)" "$host_before"
 
 echo "== $checks checks, $fails failed"
 ((fails == 0))

@@ -4,13 +4,15 @@
 #
 # Every node is a real OpenSSH sshd (/usr/sbin/sshd) listening on its own
 # 127.0.0.1 port, started in its own mount namespace
-#   setsid unshare --mount --propagation private sh -c 'mount -a -T FSTAB; exec sshd -D -e -f CFG'
+#   setsid unshare --mount --propagation private sh -c 'mount -a -T FSTAB; [INIT;] exec sshd -D -e -f CFG'
 # where bind mounts give it its own /lib/modules, /boot, /usr/local, /var/lib,
-# /tmp, /root, /sys/module and /proc/driver (writable, one per node) and
-# /usr/src, /etc/os-release, /sys/firmware, /sys/bus/pci/devices and the stub
-# directories (read-only, shared by the nodes that look alike). The stubs
-# (uname, modprobe, rmmod, insmod, lsmod, depmod, modinfo, nvidia-smi, lspci,
-# mokutil, hostname; see stubs/) are the node's /usr/local/bin and
+# /tmp, /root, /sys/module, /proc/driver, /etc/modprobe.d and
+# /etc/apt/apt.conf.d (writable, one per node), /proc/cmdline (one per node)
+# and /usr/src, /etc/os-release, /sys/firmware, /sys/bus/pci/devices,
+# /sys/class/iommu and the stub directories (read-only, shared by the nodes
+# that look alike). The stubs (uname, modprobe, rmmod, insmod, lsmod, depmod,
+# modinfo, nvidia-smi, lspci, mokutil, hostname, dmesg, systemctl; see
+# stubs/) are the node's /usr/local/bin and
 # /usr/local/sbin, which come first in the PATH sshd gives to sessions, and
 # read the node's settings from /usr/local/etc/testnode.conf. Nothing is
 # mounted outside the nodes' namespaces: they vanish with their processes.
@@ -54,8 +56,47 @@
 #              (a builder node that shares the host's podman images)
 #   kfleet     optional DRIVER:KERNEL: /var/lib/kfleet/state says kfleet
 #              installed DRIVER for KERNEL (lines driver=..., kernel=...)
+#   disk       optional KIB: the node's /var/lib is a tmpfs of KIB KiB (64 to
+#              67108864), so `df -Pk /var/lib/kfleet` shows that size and a
+#              deploy's free-space check can fail. It starts with what
+#              fs/var/lib holds (copied in) and /var/lib/kfleet; the host sees
+#              the live tree only as /proc/$(cat DIR/nodes/NODE/pid)/root/var/lib.
+#              Not with containers=host, nor with DIR under /var/lib.
+#   modprobe_fail  optional NAME[,NAME...]: `modprobe NAME` fails for these
+#              modules (exit 1, "modprobe: ERROR: could not insert 'NAME':
+#              Exec format error"); NAME@VERSION fails only NAME.ko of that
+#              version. It is the line modprobe_fail=... of testnode.conf,
+#              which the host may change at any time (see stubs/kmod)
+#   ko         optional DRIVER or DRIVER:signed: nvidia, nvidia-modeset,
+#              nvidia-drm and nvidia-uvm .ko files of DRIVER in
+#              /lib/modules/K/updates/kfleet for every installed K (modinfo
+#              strings version=, vermagic=K, depends=; signed: signer=
+#              testfleet-signing and the "~Module signature appended~" trailer),
+#              listed in modules.dep, as a kfleet install leaves them
+#   nouveau    optional none | available | blacklisted | loaded: nouveau.ko in
+#              each kernel's tree; blacklisted adds /etc/modprobe.d/
+#              blacklist-nouveau.conf; loaded adds /sys/module/nouveau
+#   pci_driver optional NAME (e.g. vfio-pci, nvidia, nouveau): each GPU's
+#              /sys/bus/pci/devices/SLOT/driver links to .../drivers/NAME
+#   iommu      optional on | off (default off): /sys/class/iommu holds dmar0
+#              and dmar1, or nothing (bound only where the host has that dir)
+#   cmdline    optional WORD[,WORD...]: appended to the node's /proc/cmdline
+#              ("BOOT_IMAGE=/boot/vmlinuz-K root=/dev/vda1 ro quiet ...")
+#   mok        optional CN[,CN...]: the certificates `mokutil --list-enrolled`
+#              shows (none: "MokListRT is empty")
 # Missing keys take the values shown above, except installed (= kernel) and
 # gpus/driver/userspace (0, -, -).
+#
+# FILES THE HOST MAY WRITE WHILE A NODE RUNS (DIR/nodes/NODE/fs/...), read by
+# the stubs on every call:
+#   usr/local/etc/testnode.conf   the stubs' settings (kernel=, userspace=,
+#                                 fault=, modprobe_fail=, mok=...): edit a line
+#                                 or append one (the last one wins); keep the
+#                                 first two lines (fleet_id, name) as they are
+#   usr/local/etc/testnode.dmesg  what dmesg prints (default: a few boot lines)
+#   usr/local/etc/testnode.units  "UNIT STATE" lines for systemctl is-enabled
+#   etc/modprobe.d/, etc/apt/apt.conf.d/   the node's own (empty by default)
+#   lib/modules/, boot/, sys/module/, var/lib/ (not with disk=), proc-driver/
 #
 # FAULTS
 #   unreachable   port in the inventory, no sshd: connection refused
@@ -78,7 +119,8 @@
 #   spec              the spec the fleet was started from
 #   nodes.tsv         name port fault (used by down/status/stop/cont/ssh)
 #   nodes/NAME/       sshd_config, host key, authorized_keys, sshd.log, pid,
-#                     mntns, fstab, fs/ (the node's own trees; the host can
+#                     mntns, fstab, cmdline, init (disk= nodes), fs/ (the
+#                     node's own trees; the host can
 #                     read and change them while the node runs, e.g.
 #                     fs/sys/module/nvidia/version or
 #                     fs/usr/local/etc/testnode.conf)
@@ -101,6 +143,8 @@ DEFAULT_BASE_PORT=22000
 USER_UID=4242
 # Node directories that get a per-node bind mount (DIR may not be one of them).
 BIND_DIRS=(/lib/modules /boot /usr/src /usr/local /var/lib /tmp /root /home)
+NV_MODULES=(nvidia nvidia-modeset nvidia-drm nvidia-uvm)
+SIGN_MARKER='~Module signature appended~'
 # PCI addresses of GPU 0, 1, ...: distinct, and sorted the way lspci sorts.
 GPU_SLOTS=(0000:1b:00.0 0000:1c:00.0 0000:3b:00.0 0000:3c:00.0 0000:5b:00.0
 	0000:5c:00.0 0000:7b:00.0 0000:7c:00.0 0000:9b:00.0 0000:9c:00.0
@@ -202,10 +246,15 @@ OSID_RE='^[a-z0-9][a-z0-9._-]{0,31}$'
 OSVER_RE='^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$'
 USER_RE='^[a-z_][a-z0-9_-]{0,31}$'
 MAXST_RE='^[0-9]{1,5}(:[0-9]{1,3}:[0-9]{1,5})?$'
+MODFAIL_ITEM='[A-Za-z0-9_-]{1,55}(@[0-9][A-Za-z0-9._+~-]{0,63})?'
+MODLIST_RE="^$MODFAIL_ITEM(,$MODFAIL_ITEM)*\$"
+CMDLINE_RE='^[A-Za-z0-9._:/=+-]+(,[A-Za-z0-9._:/=+-]+)*$'
+CNLIST_RE='^[A-Za-z0-9._-]{1,64}(,[A-Za-z0-9._-]{1,64})*$'
 
 declare -a N_NAME=() N_KERNEL=() N_INSTALLED=() N_OSID=() N_OSVER=() N_GPUS=()
 declare -a N_DRIVER=() N_USERSPACE=() N_SB=() N_LSPCI=() N_MOKUTIL=() N_USER=()
 declare -a N_BECOME=() N_FAULT=() N_MAXST=() N_KFLEET=() N_PORT=() N_CONTAINERS=()
+declare -a N_DISK=() N_MPFAIL=() N_KO=() N_NOUVEAU=() N_PCIDRV=() N_IOMMU=() N_CMDLINE=() N_MOK=()
 
 # sort_installed: N_INSTALLED[*] deduplicated and in `sort -V` order, with
 # one sort for the whole fleet.
@@ -241,7 +290,7 @@ load_spec() {
 		seen[$name]=$lineno
 		local kernel=${KERNELS[0]} installed='' os=debian:12 gpus=0 driver=- userspace=-
 		local sb=disabled lspci=yes mokutil=yes user=root become=no fault=none maxst='' kfleet=''
-		local containers=own
+		local containers=own disk='' mpfail='' ko='' nouveau=none pcidrv='' iommu=off cmdline='' mok=''
 		for w in "${words[@]:1}"; do
 			[[ $w == *=* ]] || die "$at: expected key=value, got '$w'"
 			key=${w%%=*} val=${w#*=}
@@ -261,6 +310,14 @@ load_spec() {
 			maxstartups) maxst=$val ;;
 			kfleet) kfleet=$val ;;
 			containers) containers=$val ;;
+			disk) disk=$val ;;
+			modprobe_fail) mpfail=$val ;;
+			ko) ko=$val ;;
+			nouveau) nouveau=$val ;;
+			pci_driver) pcidrv=$val ;;
+			iommu) iommu=$val ;;
+			cmdline) cmdline=$val ;;
+			mok) mok=$val ;;
 			*) die "$at: unknown key '$key'" ;;
 			esac
 		done
@@ -295,6 +352,22 @@ load_spec() {
 			[[ $kfleet == ?*:?* && ${kfleet%%:*} =~ $VER_RE && ${kfleet#*:} =~ $REL_RE ]] ||
 				die "$at: kfleet must be DRIVER:KERNEL, got '$kfleet'"
 		fi
+		if [[ -n $disk ]]; then
+			if ! [[ $disk =~ ^[0-9]{2,8}$ ]] || ((10#$disk < 64 || 10#$disk > 67108864)); then
+				die "$at: disk must be KiB from 64 to 67108864, got '$disk'"
+			fi
+			disk=$((10#$disk))
+			[[ $containers == own ]] || die "$at: disk= and containers=host exclude each other"
+		fi
+		[[ -z $mpfail || $mpfail =~ $MODLIST_RE ]] || die "$at: modprobe_fail must be NAME or NAME@VERSION, comma-separated"
+		[[ -z $ko || $ko =~ ^[0-9]+(\.[0-9]+){1,3}(:signed)?$ ]] || die "$at: ko must be DRIVER or DRIVER:signed, got '$ko'"
+		[[ $nouveau =~ ^(none|available|blacklisted|loaded)$ ]] || die "$at: nouveau must be none, available, blacklisted or loaded"
+		[[ -z $pcidrv || $pcidrv =~ ^[A-Za-z0-9_-]{1,32}$ ]] || die "$at: bad pci_driver '$pcidrv'"
+		[[ $iommu =~ ^(on|off)$ ]] || die "$at: iommu must be on or off"
+		[[ -z $cmdline || $cmdline =~ $CMDLINE_RE ]] || die "$at: cmdline must be words (letters, digits, . _ : / = + -), comma-separated"
+		[[ -z $mok || $mok =~ $CNLIST_RE ]] || die "$at: mok must be CNs (letters, digits, . _ -), comma-separated"
+		N_DISK[n]=$disk N_MPFAIL[n]=$mpfail N_KO[n]=$ko N_NOUVEAU[n]=$nouveau N_PCIDRV[n]=$pcidrv
+		N_IOMMU[n]=$iommu N_CMDLINE[n]=$cmdline N_MOK[n]=$mok
 		N_NAME[n]=$name N_KERNEL[n]=$kernel N_INSTALLED[n]=$installed N_GPUS[n]=$gpus
 		N_DRIVER[n]=$driver N_USERSPACE[n]=$userspace N_SB[n]=$sb N_LSPCI[n]=$lspci
 		N_MOKUTIL[n]=$mokutil N_USER[n]=$user N_BECOME[n]=$become N_FAULT[n]=$fault
@@ -315,6 +388,14 @@ spec_line() {
 	[[ -z ${N_MAXST[i]} ]] || REPLY+=" maxstartups=${N_MAXST[i]}"
 	[[ -z ${N_KFLEET[i]} ]] || REPLY+=" kfleet=${N_KFLEET[i]}"
 	[[ ${N_CONTAINERS[i]:-own} == own ]] || REPLY+=" containers=${N_CONTAINERS[i]}"
+	[[ -z ${N_DISK[i]} ]] || REPLY+=" disk=${N_DISK[i]}"
+	[[ -z ${N_MPFAIL[i]} ]] || REPLY+=" modprobe_fail=${N_MPFAIL[i]}"
+	[[ -z ${N_KO[i]} ]] || REPLY+=" ko=${N_KO[i]}"
+	[[ ${N_NOUVEAU[i]} == none ]] || REPLY+=" nouveau=${N_NOUVEAU[i]}"
+	[[ -z ${N_PCIDRV[i]} ]] || REPLY+=" pci_driver=${N_PCIDRV[i]}"
+	[[ ${N_IOMMU[i]} == off ]] || REPLY+=" iommu=${N_IOMMU[i]}"
+	[[ -z ${N_CMDLINE[i]} ]] || REPLY+=" cmdline=${N_CMDLINE[i]}"
+	[[ -z ${N_MOK[i]} ]] || REPLY+=" mok=${N_MOK[i]}"
 }
 
 #--------------------------------------------------------------------------
@@ -599,6 +680,7 @@ HOST_PASSWD='' HOST_SHADOW='' HOST_GROUP=''
 CLIENT_PUB='' STRANGER_PUB=''
 HAVE_PROC_DRIVER=0
 HAVE_SYS_PCI=0
+HAVE_SYS_IOMMU=0 HAVE_ETC_MODPROBE=0 HAVE_ETC_APT=0
 
 # check_up_dir: DIR is a place a fleet can live; sets REBIND_*.
 check_up_dir() {
@@ -629,6 +711,11 @@ prepare_common() {
 	local t
 	HAVE_PROC_DRIVER=0 HAVE_SYS_PCI=0
 	[[ -d /proc/driver ]] && HAVE_PROC_DRIVER=1
+	# Bound only over what the host has: nothing is created outside DIR
+	# for these (a node then simply has no such directory).
+	[[ -d /sys/class/iommu ]] && HAVE_SYS_IOMMU=1
+	[[ -d /etc/modprobe.d ]] && HAVE_ETC_MODPROBE=1
+	[[ -d /etc/apt/apt.conf.d ]] && HAVE_ETC_APT=1
 	if [[ -d /sys/bus/pci/devices ]]; then
 		HAVE_SYS_PCI=1
 	else
@@ -663,7 +750,8 @@ shared_bin() {
 shared_src() { REPLY=usr-src-${N_INSTALLED[$1]//,/_}; }
 shared_os() { REPLY=os-release-${N_OSID[$1]}-${N_OSVER[$1]}; }
 shared_fw() { REPLY=firmware-${N_SB[$1]}; }
-shared_pci() { REPLY=pci-${N_GPUS[$1]}; }
+shared_pci() { REPLY=pci-${N_GPUS[$1]}${N_PCIDRV[$1]:+-${N_PCIDRV[$1]}}; }
+shared_iommu() { REPLY=iommu-${N_IOMMU[$1]}; }
 
 # build_shared: create DIR/shared/* for every variant the spec uses.
 build_shared() {
@@ -693,6 +781,12 @@ build_shared() {
 			mk+=("$sh/$REPLY/0000:00:00.0")
 			for ((g = 0; g < N_GPUS[i]; g++)); do mk+=("$sh/$REPLY/${GPU_SLOTS[g]}"); done
 		fi
+		shared_iommu "$i"
+		if [[ -z ${made[$REPLY]-} ]]; then
+			made[$REPLY]=1
+			mk+=("$sh/$REPLY")
+			[[ ${N_IOMMU[i]} == off ]] || mk+=("$sh/$REPLY/dmar0" "$sh/$REPLY/dmar1")
+		fi
 	done
 	mk+=("$sh/sbin")
 	# DIR visible inside a shared tree that is mounted over its parent.
@@ -706,7 +800,8 @@ build_shared() {
 	for d in "${!made[@]}"; do
 		case $d in
 		bin-*)
-			local -a b=("$DIR/stubs/uname" "$DIR/stubs/hostname" "$DIR/stubs/lsmod" "$DIR/stubs/modinfo")
+			local -a b=("$DIR/stubs/uname" "$DIR/stubs/hostname" "$DIR/stubs/lsmod" "$DIR/stubs/modinfo"
+				"$DIR/stubs/dmesg" "$DIR/stubs/systemctl")
 			[[ ${d:4:1} == 0 ]] || b+=("$DIR/stubs/nvidia-smi")
 			[[ ${d:5:1} == 0 ]] || b+=("$DIR/stubs/lspci")
 			[[ ${d:6:1} == 0 ]] || b+=("$DIR/stubs/mokutil")
@@ -727,13 +822,18 @@ build_shared() {
 			printf '\006\000\000\000\000' >"$sh/$d/efi/efivars/SecureBoot-$EFI_GUID"
 			;;
 		pci-*)
-			# The GPUs plus a host bridge, for the sysfs fallback.
-			for ((g = 0; g < ${d#pci-}; g++)); do
+			# The GPUs plus a host bridge, for the sysfs fallback; "pci-N-DRV":
+			# each GPU's driver link names DRV, as the kernel's does.
+			local rest=${d#pci-} ng drv=''
+			ng=${rest%%-*}
+			[[ $rest != *-* ]] || drv=${rest#*-}
+			for ((g = 0; g < ng; g++)); do
 				s=$sh/$d/${GPU_SLOTS[g]}
 				write "$s/vendor" 0x10de
 				write "$s/device" 0x2330
 				write "$s/class" 0x030200
 				write "$s/revision" 0xa1
+				[[ -z $drv ]] || ln -s "../../../bus/pci/drivers/$drv" "$s/driver"
 			done
 			write "$sh/$d/0000:00:00.0/vendor" 0x8086
 			write "$sh/$d/0000:00:00.0/device" 0x1237
@@ -763,8 +863,13 @@ build_node() {
 	r=$nd/fs
 	IFS=, read -ra ks <<<"${N_INSTALLED[i]}"
 	mk=("$r/boot" "$r/usr/local/bin" "$r/usr/local/sbin" "$r/usr/local/etc" "$r/var/lib"
-		"$r/tmp" "$r/root" "$r/sys/module")
-	for k in "${ks[@]}"; do mk+=("$r/lib/modules/$k/kernel"); done
+		"$r/tmp" "$r/root" "$r/sys/module" "$r/etc/modprobe.d" "$r/etc/apt/apt.conf.d")
+	for k in "${ks[@]}"; do
+		mk+=("$r/lib/modules/$k/kernel")
+		[[ -z ${N_KO[i]} ]] || mk+=("$r/lib/modules/$k/updates/kfleet")
+		[[ ${N_NOUVEAU[i]} == none ]] || mk+=("$r/lib/modules/$k/kernel/drivers/gpu/drm/nouveau")
+	done
+	[[ ${N_NOUVEAU[i]} != loaded ]] || mk+=("$r/sys/module/nouveau/holders")
 	if [[ ${N_DRIVER[i]} != - ]]; then
 		mk+=("$r/sys/module/nvidia/holders/nvidia_modeset" "$r/sys/module/nvidia/holders/nvidia_uvm"
 			"$r/sys/module/nvidia_modeset/holders/nvidia_drm" "$r/sys/module/nvidia_uvm/holders"
@@ -827,6 +932,52 @@ GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)"
 kernel=${N_KFLEET[i]#*:}"
 	fi
 
+	# kfleet's modules as an install leaves them, and nouveau.
+	if [[ -n ${N_KO[i]} ]]; then
+		local kv=${N_KO[i]%%:*} sig='' m dep deps
+		[[ ${N_KO[i]} != *:signed ]] || sig=1
+		for k in "${ks[@]}"; do
+			deps=''
+			for m in "${NV_MODULES[@]}"; do
+				case $m in
+				nvidia) dep='' ;;
+				nvidia-drm) dep=nvidia-modeset,drm_kms_helper,drm ;;
+				*) dep=nvidia ;;
+				esac
+				{
+					printf '\0license=NVIDIA\0version=%s\0name=%s\0depends=%s\0' "$kv" "${m//-/_}" "$dep"
+					printf 'vermagic=%s SMP preempt mod_unload modversions \0' "$k"
+					[[ -z $sig ]] || printf 'signer=testfleet-signing\0%s\n' "$SIGN_MARKER"
+				} >"$r/lib/modules/$k/updates/kfleet/$m.ko"
+				case $m in
+				nvidia) deps+="updates/kfleet/nvidia.ko:"$'\n' ;;
+				nvidia-modeset | nvidia-uvm) deps+="updates/kfleet/$m.ko: updates/kfleet/nvidia.ko"$'\n' ;;
+				nvidia-drm) deps+="updates/kfleet/$m.ko: updates/kfleet/nvidia-modeset.ko updates/kfleet/nvidia.ko"$'\n' ;;
+				esac
+			done
+			printf '%s' "$deps" >"$r/lib/modules/$k/modules.dep"
+		done
+	fi
+	if [[ ${N_NOUVEAU[i]} != none ]]; then
+		for k in "${ks[@]}"; do
+			printf '\0license=GPL and additional rights\0name=nouveau\0depends=drm_kms_helper,drm,ttm\0vermagic=%s SMP preempt mod_unload modversions \0' \
+				"$k" >"$r/lib/modules/$k/kernel/drivers/gpu/drm/nouveau/nouveau.ko"
+		done
+		if [[ ${N_NOUVEAU[i]} == blacklisted ]]; then
+			write "$r/etc/modprobe.d/blacklist-nouveau.conf" "blacklist nouveau
+options nouveau modeset=0"
+		elif [[ ${N_NOUVEAU[i]} == loaded ]]; then
+			write "$r/sys/module/nouveau/initstate" live
+			write "$r/sys/module/nouveau/refcnt" 1
+			write "$r/sys/module/nouveau/coresize" 2478080
+		fi
+	fi
+
+	# The kernel command line the node shows in /proc/cmdline.
+	local cl="BOOT_IMAGE=/boot/vmlinuz-${N_KERNEL[i]} root=/dev/vda1 ro quiet"
+	[[ -z ${N_CMDLINE[i]} ]] || cl+=" ${N_CMDLINE[i]//,/ }"
+	write "$nd/cmdline" "$cl"
+
 	# The settings the stubs read. The first two lines identify the node
 	# to `down` (see conf_is_node).
 	fault=${N_FAULT[i]}
@@ -850,7 +1001,9 @@ gpu_slots='$slots'
 userspace='$us'
 sb='${N_SB[i]}'
 fault='$fault'
-slow='$slow'"
+slow='$slow'
+mok='${N_MOK[i]}'
+modprobe_fail='${N_MPFAIL[i]}'"
 
 	# fstab for `mount -a -T`, in order.
 	local fstab='' fsrc
@@ -873,12 +1026,18 @@ slow='$slow'"
 	shared_bin "$i"
 	fs_add "$sh/$REPLY" /usr/local/bin bind,ro
 	fs_add "$sh/sbin" /usr/local/sbin bind,ro
+	rm -f "$nd/init"
 	if [[ ${N_CONTAINERS[i]:-own} == host ]]; then
 		# A builder node: the host's container storage (images made once),
 		# bound into the node's /var/lib before that is mounted recursively.
 		mkdir -p "$r/var/lib/containers" /var/lib/containers
 		fstab+="/var/lib/containers $r/var/lib/containers none bind 0 0"$'\n'
 		fs_add "$r/var/lib" /var/lib rbind
+	elif [[ -n ${N_DISK[i]} ]]; then
+		# A small disk: a tmpfs of that size, filled from fs/var/lib once
+		# everything is mounted (the node's init, run before sshd).
+		fstab+="tmpfs /var/lib tmpfs size=${N_DISK[i]}k,mode=0755 0 0"$'\n'
+		write "$nd/init" "cp -a '$r/var/lib/.' /var/lib/ && mkdir -p /var/lib/kfleet"
 	else
 		fs_add "$r/var/lib" /var/lib bind
 	fi
@@ -894,6 +1053,13 @@ slow='$slow'"
 		fs_add "$sh/$REPLY" /sys/bus/pci/devices bind,ro
 	fi
 	((HAVE_PROC_DRIVER == 0)) || fs_add "$r/proc-driver" /proc/driver bind
+	fs_add "$nd/cmdline" /proc/cmdline bind,ro
+	if ((HAVE_SYS_IOMMU)); then
+		shared_iommu "$i"
+		fs_add "$sh/$REPLY" /sys/class/iommu bind,ro
+	fi
+	((HAVE_ETC_MODPROBE == 0)) || fs_add "$r/etc/modprobe.d" /etc/modprobe.d bind
+	((HAVE_ETC_APT == 0)) || fs_add "$r/etc/apt/apt.conf.d" /etc/apt/apt.conf.d bind
 	# The userspace driver's library, where the .run installer puts it on
 	# RHEL-like systems: a node whose module is not loaded still tells its
 	# userspace version this way. The host's loader link stays in place.
@@ -1176,6 +1342,18 @@ cmd_up() {
 		N_PORT[i]=$((base + i + 1))
 		[[ ${N_USER[i]} == root || ${N_BECOME[i]} == no ]] || need_sudo=1
 	done
+	# What a spec asks of this host's directories, before anything starts.
+	for ((i = 0; i < n; i++)); do
+		if [[ -n ${N_DISK[i]} && $REBIND_TARGET == /var/lib ]]; then
+			die "${N_NAME[i]}: disk= makes /var/lib a tmpfs, which would hide DIR ($DIR); put DIR elsewhere"
+		fi
+		[[ ${N_NOUVEAU[i]} != blacklisted || -d /etc/modprobe.d ]] ||
+			die "${N_NAME[i]}: nouveau=blacklisted needs /etc/modprobe.d on this host (a mount point; testfleet creates none)"
+		[[ ${N_IOMMU[i]} == off || -d /sys/class/iommu ]] ||
+			die "${N_NAME[i]}: iommu=on needs /sys/class/iommu on this host"
+		[[ -z ${N_PCIDRV[i]} || -d /sys/bus/pci/devices ]] ||
+			die "${N_NAME[i]}: pci_driver= needs /sys/bus/pci/devices on this host"
+	done
 	if ((need_sudo)) && [[ ! -x /usr/bin/sudo ]]; then
 		die "the spec has become= nodes but /usr/bin/sudo is missing; run contrib/install-deps.sh (or apt-get install sudo)"
 	fi
@@ -1253,7 +1431,7 @@ cmd_up() {
 
 	# Stubs: copied into DIR so a running fleet does not change under a
 	# checkout; the kmod stub under each of its names.
-	cp "$STUBS_SRC"/{uname,hostname,nvidia-smi,lspci,mokutil} "$DIR/stubs/"
+	cp "$STUBS_SRC"/{uname,hostname,nvidia-smi,lspci,mokutil,dmesg,systemctl} "$DIR/stubs/"
 	cp "$STUBS_SRC/kmod" "$DIR/stubs/modprobe"
 	chmod 0755 "$DIR"/stubs/*
 	local s
@@ -1316,10 +1494,12 @@ cmd_up() {
 	for ((i = 0; i < n; i++)); do
 		[[ ${N_FAULT[i]} != unreachable ]] || continue
 		local nd=$DIR/nodes/${N_NAME[i]}
+		local init=''
+		[[ ! -f $nd/init ]] || init=$nd/init
 		# shellcheck disable=SC2016  # $$ and $1.. belong to the node's sh
 		setsid unshare --mount --propagation private /bin/sh -c \
-			'echo $$ >"$1" && mount -a -T "$2" && exec /usr/sbin/sshd -D -e -f "$3"' \
-			testfleet-node "$nd/pid" "$nd/fstab" "$nd/sshd_config" \
+			'echo $$ >"$1" && mount -a -T "$2" && { [ -z "$4" ] || /bin/sh -e "$4"; } && exec /usr/sbin/sshd -D -e -f "$3"' \
+			testfleet-node "$nd/pid" "$nd/fstab" "$nd/sshd_config" "$init" \
 			</dev/null >>"$nd/sshd.log" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 		LPID[i]=$!
 	done
