@@ -132,6 +132,15 @@ static long long now_s(void)
     return (long long)time(NULL);
 }
 
+/* A node that failed, for budgets, reports and the exit status: in a
+ * deploy a rolled-back node failed; in a rollback it is what was asked. */
+static int failed_outcome(const struct deploy_run *r, enum deploy_outcome o)
+{
+    if (strcmp(r->ro.kind, "rollback") == 0)
+        return o == DO_FAILED || o == DO_ROLLBACK_FAILED;
+    return deploy_outcome_is_failure(o);
+}
+
 static void out(struct deploy_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void out(struct deploy_run *r, const char *fmt, ...)
 {
@@ -580,7 +589,7 @@ static void node_report(struct deploy_run *r, struct rnode *rn, struct deploy_no
 
     if (n->outcome == DO_NONE)
         return;
-    if (deploy_outcome_is_failure(n->outcome)) {
+    if (failed_outcome(r, n->outcome)) {
         out(r, "  %-9s %s in %.1f s: %s%s%s\n",
             n->outcome == DO_FAILED        ? "FAILED"
             : n->outcome == DO_ROLLED_BACK ? "FAILED"
@@ -648,7 +657,7 @@ static void on_done(struct deploy_node *n)
     if (n->outcome != DO_NONE)
         rn->outcome = n->outcome;
     node_report(r, rn, n);
-    if (!r->rb_pass && deploy_outcome_is_failure(n->outcome)) {
+    if (!r->rb_pass && failed_outcome(r, n->outcome)) {
         r->stage_failed++;
         r->total_failed++;
         allowed = r->max_fail.set ? coord_budget_allowed(&r->max_fail, r->stage_size) : 0;
@@ -781,7 +790,7 @@ static void stage_start(struct deploy_run *r)
             continue;
         r->stage_size++;
         if (r->nodes[i].final) {
-            if (deploy_outcome_is_failure(r->nodes[i].outcome))
+            if (failed_outcome(r, r->nodes[i].outcome))
                 r->stage_failed++;
             continue;
         }
@@ -1400,7 +1409,7 @@ static int load_nodes(struct deploy_run *r, int retry_stage_failures)
         if (v[i].outcome[0] && oc > 0) {
             rn->final = 1;
             rn->outcome = (enum deploy_outcome)oc;
-            if (deploy_outcome_is_failure(rn->outcome)) {
+            if (failed_outcome(r, rn->outcome)) {
                 if (retry_stage_failures && rn->stage == r->ro.stage)
                     rn->final = 0;
                 else
@@ -1434,6 +1443,7 @@ static int report(struct deploy_run *r)
             r->ro = fresh;
         }
     }
+    coord_journal_known_versions(&r->db, &r->ro, v, n);
     coord_rollout_count(v, n, -1, &c);
     if (r->o->json) {
         json_t *j = coord_rollout_json(&r->ro, v, n);
@@ -1467,7 +1477,8 @@ static int report(struct deploy_run *r)
         exit_code = KF_EXIT_HALTED;
     else if (strcmp(r->ro.status, "paused") == 0 || strcmp(r->ro.status, "interrupted") == 0)
         exit_code = KF_EXIT_PAUSED;
-    else if (c.failed || c.rolled_back || c.rollback_failed || c.skipped || c.pending || c.running)
+    else if (c.failed || c.rollback_failed || c.skipped || c.pending || c.running ||
+             (c.rolled_back && strcmp(r->ro.kind, "rollback") != 0))
         exit_code = KF_EXIT_HOSTS;
     else
         exit_code = KF_EXIT_OK;

@@ -146,7 +146,12 @@ static int cmd_show(struct coord_opts *o, long long id)
         coord_db_close(&db);
         return KF_EXIT_ERROR;
     }
-    snprintf(r.status, sizeof(r.status), "%s", shown_status(&r));
+    {
+        char st[sizeof(r.status)];
+        snprintf(st, sizeof(st), "%s", shown_status(&r));
+        memcpy(r.status, st, sizeof(st));
+    }
+    coord_journal_known_versions(&db, &r, v, n);
     if (o->json) {
         json_t *j = coord_rollout_json(&r, v, n);
         json_dumpf(j, stdout, JSON_INDENT(2));

@@ -528,6 +528,11 @@ int coord_journal_node_end(struct coord_db *d, long long id, const char *host, c
                            const char *error_code, const char *phase, const char *error,
                            const char *note, const char *versions, long long bytes, double seconds,
                            long long now, struct kf_err *err);
+/* For the nodes of r not started yet: the version their running kernel
+ * was left at by the newest earlier rollout of the same profile, when
+ * there is one (what "which node is at which version" needs). */
+void coord_journal_known_versions(struct coord_db *d, const struct coord_rollout *r,
+                                  struct coord_rollout_node *v, size_t n);
 /* Every node of the rollout, by stage then position. */
 int coord_journal_nodes(struct coord_db *d, long long id, struct coord_rollout_node **out,
                         size_t *n, struct kf_err *err);

@@ -216,10 +216,12 @@ int coord_rollout_junit(const struct coord_rollout *r, const struct coord_rollou
 {
     char tmp[4200];
     FILE *f;
-    size_t i;
+    size_t i, rb_fail;
     int s;
     struct coord_rollout_counts all;
 
+    /* In a deploy a rolled-back node failed; in a rollback it succeeded. */
+    rb_fail = strcmp(r->kind, "rollback") != 0;
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     f = fopen(tmp, "w");
     if (f == NULL)
@@ -228,7 +230,7 @@ int coord_rollout_junit(const struct coord_rollout *r, const struct coord_rollou
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     fprintf(f,
             "<testsuites name=\"kfleet %s %lld\" tests=\"%zu\" failures=\"%zu\" skipped=\"%zu\">\n",
-            r->kind, r->id, all.nodes, all.failed + all.rolled_back + all.rollback_failed,
+            r->kind, r->id, all.nodes, all.failed + rb_fail * all.rolled_back + all.rollback_failed,
             all.skipped + all.pending + all.running);
     for (s = 0; s < r->nstages; s++) {
         struct coord_rollout_counts c;
@@ -240,7 +242,8 @@ int coord_rollout_junit(const struct coord_rollout *r, const struct coord_rollou
         fprintf(f,
                 "  <testsuite name=\"kfleet.%s.%lld.stage%d\" tests=\"%zu\" failures=\"%zu\" "
                 "skipped=\"%zu\" time=\"%.3f\">\n",
-                r->kind, r->id, s + 1, c.nodes, c.failed + c.rolled_back + c.rollback_failed,
+                r->kind, r->id, s + 1, c.nodes,
+                c.failed + rb_fail * c.rolled_back + c.rollback_failed,
                 c.skipped + c.pending + c.running, secs);
         for (i = 0; i < n; i++) {
             const struct coord_rollout_node *x = &v[i];
@@ -249,7 +252,8 @@ int coord_rollout_junit(const struct coord_rollout *r, const struct coord_rollou
             fprintf(f, "    <testcase classname=\"kfleet.%s.stage%d\" name=\"", r->kind, s + 1);
             xml_escape(f, x->host);
             fprintf(f, "\" time=\"%.3f\">", x->seconds);
-            if (strcmp(x->outcome, "failed") == 0 || strcmp(x->outcome, "rolled_back") == 0 ||
+            if (strcmp(x->outcome, "failed") == 0 ||
+                (rb_fail && strcmp(x->outcome, "rolled_back") == 0) ||
                 strcmp(x->outcome, "rollback_failed") == 0) {
                 fprintf(f, "\n      <failure type=\"%s\" message=\"", x->outcome);
                 xml_escape(f, x->error[0] ? x->error : x->outcome);

@@ -424,3 +424,31 @@ int coord_journal_nodes(struct coord_db *d, long long id, struct coord_rollout_n
     *out = v;
     return 0;
 }
+
+void coord_journal_known_versions(struct coord_db *d, const struct coord_rollout *r,
+                                  struct coord_rollout_node *v, size_t n)
+{
+    sqlite3_stmt *st = NULL;
+    struct kf_err err;
+    size_t i;
+
+    kf_err_clear(&err);
+    if (prep(d,
+             "SELECT n.versions FROM rollout_nodes n JOIN rollouts r ON r.id = n.rollout_id "
+             "WHERE n.host = ?1 AND r.profile = ?2 AND n.rollout_id < ?3 AND n.versions IS NOT "
+             "NULL AND n.versions != '?' ORDER BY n.rollout_id DESC LIMIT 1",
+             &st, &err) < 0)
+        return;
+    for (i = 0; i < n; i++) {
+        if (strcmp(v[i].state, "pending") != 0 || v[i].versions[0])
+            continue;
+        sqlite3_bind_text(st, 1, v[i].host, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, r->profile, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 3, r->id);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            col_copy(st, 0, v[i].versions, sizeof(v[i].versions));
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    sqlite3_finalize(st);
+}

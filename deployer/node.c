@@ -642,9 +642,12 @@ static void after_load(struct deploy_node *n, const struct deploy_result *r)
     if (!r->ok) {
         if (strcmp(r->word, "busy") == 0)
             fail_note(n, KF_ECMD, "the GPU is busy: %s", r->msg);
-        else if (strcmp(r->word, "modprobe") == 0)
-            fail_note(n, KF_ECMD, "modprobe %s", r->msg);
-        else
+        else if (strcmp(r->word, "modprobe") == 0) {
+            /* "NAME what modprobe said": the kernel's own words */
+            const char *sp = strchr(r->msg, ' ');
+            fail_note(n, KF_ECMD, "loading %.*s failed: %s",
+                      sp ? (int)(sp - r->msg) : (int)strlen(r->msg), r->msg, sp ? sp + 1 : "");
+        } else
             fail_note(n, result_code(r), "load: %s: %s", r->word, r->msg);
         enter_rollback(n);
         return;
