@@ -1402,13 +1402,7 @@ static int run_loop(struct build_run *r)
         return KF_EIO;
     }
     r->loop_ok = 1;
-    memset(&eo, 0, sizeof(eo));
-    eo.known_hosts = r->o->known_hosts;
-    eo.ssh_config = r->o->ssh_config;
-    eo.accept_new_hostkeys = r->o->accept_new_hostkeys;
-    eo.max_handshakes = r->o->max_handshakes;
-    eo.connect_timeout_ms = r->o->connect_timeout_ms;
-    eo.auth_timeout_ms = r->o->auth_timeout_ms;
+    coord_engine_opts(r->o, &eo);
     if (ssh_engine_init(&r->engine, &r->loop, &eo) < 0) {
         fprintf(stderr, "kfleet: out of memory\n");
         return KF_ENOMEM;

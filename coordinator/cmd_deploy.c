@@ -1299,8 +1299,11 @@ static void node_opts(struct deploy_run *r)
     no->reload = o->reload;
     no->auto_rollback = o->auto_rollback;
     no->allow_userspace_mismatch = o->allow_userspace_mismatch;
+    no->userspace_check = r->prof->userspace_check;
     no->break_lock = o->break_lock;
-    no->smi = d->smi;
+    /* nvidia-smi speaks for NVIDIA's driver only: "auto" skips it for
+     * other module sets. */
+    no->smi = r->prof->type == PROFILE_KMOD && strcmp(d->smi, "auto") == 0 ? "skip" : d->smi;
     no->verify_command = d->verify;
     no->rollback_to = o->to;
     no->modules = r->modules;
@@ -1317,8 +1320,6 @@ static void node_opts(struct deploy_run *r)
     r->rbopts = *no;
     r->rbopts.mode = DEPLOY_MODE_ROLLBACK;
     r->rbopts.rollback_to = NULL;
-    r->rbopts.drain.command = NULL;
-    r->rbopts.undrain.command = NULL;
     r->xfer_limit = o->transfer_forks ? o->transfer_forks : d->transfer_forks;
 }
 
@@ -1332,13 +1333,7 @@ static int run_loop(struct deploy_run *r)
         return KF_EXIT_ERROR;
     }
     r->loop_ok = 1;
-    memset(&eo, 0, sizeof(eo));
-    eo.known_hosts = r->o->known_hosts;
-    eo.ssh_config = r->o->ssh_config;
-    eo.accept_new_hostkeys = r->o->accept_new_hostkeys;
-    eo.max_handshakes = r->o->max_handshakes;
-    eo.connect_timeout_ms = r->o->connect_timeout_ms;
-    eo.auth_timeout_ms = r->o->auth_timeout_ms;
+    coord_engine_opts(r->o, &eo);
     if (ssh_engine_init(&r->engine, &r->loop, &eo) < 0) {
         fprintf(stderr, "kfleet: out of memory\n");
         return KF_EXIT_ERROR;

@@ -3,263 +3,17 @@
  * output), findings grouped by severity and code with folded host names,
  * or one JSON document.
  *
- * The fan-out below is the same per-host state machine as kfleet facts
- * (start: check the inventory settings -> connect -> exec -> parse ->
- * done), written as a small unit that knows nothing of doctor beyond two
- * callbacks, so that facts and later commands can share it. A failure at
- * any step finishes the host with a code, the phase and a message; it
- * never stops the other hosts. Nothing is written on the nodes, and
- * nothing in the state database. */
+ * The fan-out is kfleet facts' (coordinator/probe.c): a failure at any
+ * step finishes the host with a code, the phase and a message; it never
+ * stops the other hosts. Nothing is written on the nodes, and nothing in
+ * the state database. */
 #include "coordinator.h"
 #include "doctor.h"
 
-#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <uv.h>
-
-/* ------------------------------------------------------------------------ */
-/* One remote command per host, every host under --forks                     */
-
-struct probe_fleet;
-
-struct probe_host {
-    struct probe_fleet *pf;
-    const struct inv_host *h;
-    struct ssh_conn *conn;
-    struct ssh_exec x;
-    char *cmd;
-    int code; /* 0: the command ran and its output was accepted */
-    const char *phase;
-    char msg[600];
-    uint64_t t0_ns, t1_ns;
-    unsigned retries;
-    int finished;
-};
-
-struct probe_fleet {
-    struct coord_opts *o;
-    struct probe_host *hosts;
-    size_t n, failed;
-    uv_loop_t loop;
-    struct ssh_engine engine;
-    struct coord_fanout fan;
-    struct coord_progress progress;
-    /* The command for a host (malloc'ed into *cmd), and the judge of its
-     * output: 0, or a KF_E* code with err saying why. */
-    int (*command)(struct probe_fleet *pf, struct probe_host *ph, char **cmd);
-    int (*parse)(struct probe_fleet *pf, struct probe_host *ph, struct kf_err *err);
-    void *data;
-};
-
-static void host_finish(struct probe_host *ph)
-{
-    struct probe_fleet *pf = ph->pf;
-
-    if (ph->finished)
-        return;
-    ph->finished = 1;
-    ph->t1_ns = uv_hrtime();
-    if (ph->code != 0)
-        pf->failed++;
-    ssh_exec_release(&ph->x);
-    free(ph->cmd);
-    ph->cmd = NULL;
-    if (ph->conn != NULL) {
-        ph->retries = ssh_conn_retries(ph->conn);
-        ssh_conn_close(ph->conn);
-        ph->conn = NULL;
-    }
-    coord_progress_update(&pf->progress, pf->fan.done + 1, pf->failed, 0);
-    coord_fanout_done(&pf->fan);
-}
-
-static void host_fail(struct probe_host *ph, int code, const char *phase, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void host_fail(struct probe_host *ph, int code, const char *phase, const char *fmt, ...)
-{
-    va_list ap;
-
-    ph->code = code;
-    ph->phase = phase;
-    va_start(ap, fmt);
-    vsnprintf(ph->msg, sizeof(ph->msg), fmt, ap);
-    va_end(ap);
-    host_finish(ph);
-}
-
-/* The first line of what the node wrote on stderr, safe to print. */
-static const char *stderr_line(struct ssh_exec *x, char *out, size_t n)
-{
-    const char *s = buf_cstr(&x->err);
-    const char *nl = strchr(s, '\n');
-
-    return kf_escape_to(out, n, s, nl ? (size_t)(nl - s) : strlen(s));
-}
-
-static void on_done(struct ssh_conn *c, int status, void *arg)
-{
-    struct probe_host *ph = arg;
-    struct kf_err err;
-    char line[200];
-    int rc;
-
-    if (status == KF_ETRUNC) {
-        host_fail(ph, KF_ETRUNC, "command",
-                  "node printed more than %zu bytes; output cut and the command stopped "
-                  "(raise --output-limit if this node is honest)",
-                  ph->x.out.limit);
-        return;
-    }
-    if (status < 0) {
-        host_fail(ph, status, ssh_conn_phase(c), "%s", ssh_conn_error(c));
-        return;
-    }
-    if (ph->h->become && ph->x.exit_status != 0 &&
-        (strstr(buf_cstr(&ph->x.err), "password is required") != NULL ||
-         strstr(buf_cstr(&ph->x.err), "a terminal is required") != NULL)) {
-        host_fail(ph, KF_ESUDO, "become",
-                  "sudo asks for a password (kfleet runs 'sudo -n' and never types one): give "
-                  "user '%s' passwordless sudo, or connect as root",
-                  ph->h->user ? ph->h->user : "(ssh default)");
-        return;
-    }
-    kf_err_clear(&err);
-    rc = ph->pf->parse(ph->pf, ph, &err);
-    if (rc < 0) {
-        if (ph->x.exit_status != 0 && rc == KF_EPARSE)
-            host_fail(ph, KF_ECMD, "probe", "probe exited with status %d%s%s%s: %s",
-                      ph->x.exit_status, ph->x.exit_signal[0] ? " (signal " : "", ph->x.exit_signal,
-                      ph->x.exit_signal[0] ? ")" : "",
-                      ph->x.err.len ? stderr_line(&ph->x, line, sizeof(line)) : kf_err_msg(&err));
-        else
-            host_fail(ph, rc, "probe", "%s", kf_err_msg(&err));
-        return;
-    }
-    ph->code = 0;
-    host_finish(ph);
-}
-
-static void on_ready(struct ssh_conn *c, int status, void *arg)
-{
-    struct probe_host *ph = arg;
-    int rc;
-
-    if (status < 0) {
-        host_fail(ph, status, ssh_conn_phase(c), "%s", ssh_conn_error(c));
-        return;
-    }
-    ssh_exec_init(&ph->x);
-    ph->x.command = ph->cmd;
-    ph->x.out_limit = ph->pf->o->output_limit;
-    ph->x.timeout_ms = ph->pf->o->command_timeout_ms;
-    rc = ssh_conn_exec(c, &ph->x, on_done, ph);
-    if (rc < 0)
-        host_fail(ph, rc, "command", "cannot start the probe: %s", kf_strerror(rc));
-}
-
-static void host_start(struct coord_fanout *f, size_t i)
-{
-    struct probe_fleet *pf = f->data;
-    struct probe_host *ph = &pf->hosts[i];
-    const struct inv_host *h = ph->h;
-    struct ssh_target t;
-    int rc;
-
-    ph->t0_ns = uv_hrtime();
-    if (h->connection != NULL && strcmp(h->connection, "ssh") != 0 &&
-        strcmp(h->connection, "paramiko") != 0) {
-        host_fail(ph, KF_EUNSUPPORTED, "inventory",
-                  "ansible_connection '%s' is not supported: kfleet reaches nodes over ssh",
-                  h->connection);
-        return;
-    }
-    if (h->proxy_jump != NULL) {
-        host_fail(ph, KF_EUNSUPPORTED, "inventory",
-                  "ansible_ssh_common_args asks for ProxyJump=%s; kfleet does not support jump "
-                  "hosts yet: reach the node directly",
-                  h->proxy_jump);
-        return;
-    }
-    rc = pf->command(pf, ph, &ph->cmd);
-    if (rc < 0) {
-        host_fail(ph, rc, "probe", "cannot build the probe command: %s", kf_strerror(rc));
-        return;
-    }
-    memset(&t, 0, sizeof(t));
-    t.name = h->name;
-    t.dest = h->address;
-    t.port = h->port;
-    t.user = h->user;
-    t.key_file = h->key_file;
-    rc = ssh_conn_start(&pf->engine, &t, on_ready, ph, &ph->conn);
-    if (rc < 0)
-        host_fail(ph, rc, "connect", "cannot start connecting: %s", kf_strerror(rc));
-}
-
-/* Runs the command on inv->hosts[idx[0..n-1]]; pf's callbacks and data
- * must be set. Returns 0 when every host got its turn (each host's own
- * result is in pf->hosts), KF_ENOMEM otherwise. The caller frees
- * pf->hosts. */
-static int probe_fleet_run(struct probe_fleet *pf, const struct inventory *inv, const size_t *idx,
-                           size_t n, const char *label)
-{
-    struct coord_opts *o = pf->o;
-    struct ssh_engine_opts eo;
-    size_t i;
-    int rc = KF_ENOMEM, engine_ok = 0;
-
-    pf->n = n;
-    pf->hosts = calloc(n, sizeof(*pf->hosts));
-    if (pf->hosts == NULL)
-        return KF_ENOMEM;
-    for (i = 0; i < n; i++) {
-        pf->hosts[i].pf = pf;
-        pf->hosts[i].h = &inv->hosts[idx[i]];
-    }
-    if (uv_loop_init(&pf->loop) < 0)
-        return KF_ENOMEM;
-    memset(&eo, 0, sizeof(eo));
-    eo.known_hosts = o->known_hosts;
-    eo.ssh_config = o->ssh_config;
-    eo.accept_new_hostkeys = o->accept_new_hostkeys;
-    eo.max_handshakes = o->max_handshakes;
-    eo.connect_timeout_ms = o->connect_timeout_ms;
-    eo.auth_timeout_ms = o->auth_timeout_ms;
-    if (ssh_engine_init(&pf->engine, &pf->loop, &eo) < 0)
-        goto out;
-    engine_ok = 1;
-    coord_progress_init(&pf->progress, o->progress, label, n);
-    coord_fanout_init(&pf->fan, n, o->forks, host_start, pf);
-    coord_fanout_pump(&pf->fan);
-    uv_run(&pf->loop, UV_RUN_DEFAULT);
-    coord_progress_clear(&pf->progress);
-    log_set_hook(NULL, NULL);
-    log_debug("handshakes retried after a refusal: %llu; most in flight: %u",
-              (unsigned long long)pf->engine.handshake_retries, pf->engine.max_handshakes_seen);
-    rc = 0;
-out:
-    if (engine_ok)
-        ssh_engine_release(&pf->engine);
-    uv_run(&pf->loop, UV_RUN_DEFAULT); /* lets closing handles finish */
-    if (uv_loop_close(&pf->loop) != 0)
-        log_debug("event loop still had handles at exit");
-    return rc;
-}
-
-static int make_nonce(char out[33])
-{
-    unsigned char raw[16];
-    size_t i;
-
-    if (RAND_bytes(raw, sizeof(raw)) != 1)
-        return KF_EIO;
-    for (i = 0; i < sizeof(raw); i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
-    return 0;
-}
 
 /* ------------------------------------------------------------------------ */
 /* doctor                                                                    */
@@ -272,14 +26,14 @@ struct doctor_run {
     size_t count[DEPLOY_DOCTOR_NSEVERITIES];
 };
 
-static int doctor_command(struct probe_fleet *pf, struct probe_host *ph, char **cmd)
+static int doctor_command(struct coord_probe *pf, struct coord_probe_host *ph, char **cmd)
 {
     struct doctor_run *d = pf->data;
 
     return deploy_doctor_command(d->nonce, ph->h->become, ph->h->become_user, d->module, cmd);
 }
 
-static int doctor_parse(struct probe_fleet *pf, struct probe_host *ph, struct kf_err *err)
+static int doctor_parse(struct coord_probe *pf, struct coord_probe_host *ph, struct kf_err *err)
 {
     struct doctor_run *d = pf->data;
     struct deploy_doctor_report *r = &d->reports[ph - pf->hosts];
@@ -297,14 +51,14 @@ static int doctor_parse(struct probe_fleet *pf, struct probe_host *ph, struct kf
 
 /* --- output ------------------------------------------------------------------- */
 
-static void print_json(const struct probe_fleet *pf, const struct doctor_run *d,
+static void print_json(const struct coord_probe *pf, const struct doctor_run *d,
                        const char *profile, double secs)
 {
     json_t *doc = json_object(), *hosts = json_array(), *sum = json_object();
     size_t i;
 
     for (i = 0; i < pf->n; i++) {
-        const struct probe_host *ph = &pf->hosts[i];
+        const struct coord_probe_host *ph = &pf->hosts[i];
         json_t *o = json_object(), *e = json_null(), *fs;
         fs = ph->code == 0 ? deploy_doctor_findings_json(&d->reports[i]) : json_array();
         if (ph->code != 0) {
@@ -364,7 +118,7 @@ static void print_wrapped(const char *prefix, int indent, const char *text)
 
 /* The first host of the group, and its finding of that code. */
 static const struct deploy_doctor_finding *
-example(const struct probe_fleet *pf, const struct doctor_run *d, const struct coord_group *g)
+example(const struct coord_probe *pf, const struct doctor_run *d, const struct coord_group *g)
 {
     size_t i;
 
@@ -374,7 +128,7 @@ example(const struct probe_fleet *pf, const struct doctor_run *d, const struct c
     return NULL;
 }
 
-static void print_human(const struct probe_fleet *pf, const struct doctor_run *d,
+static void print_human(const struct coord_probe *pf, const struct doctor_run *d,
                         const char *profile, double secs)
 {
     static const char *const heads[] = {"CRITICAL", "WARNING", "INFO"};
@@ -389,7 +143,7 @@ static void print_human(const struct probe_fleet *pf, const struct doctor_run *d
     coord_groups_init(&failed);
     coord_groups_init(&healthy);
     for (i = 0; i < pf->n; i++) {
-        const struct probe_host *ph = &pf->hosts[i];
+        const struct coord_probe_host *ph = &pf->hosts[i];
         const struct deploy_doctor_report *r = &d->reports[i];
         if (ph->code != 0) {
             snprintf(key, sizeof(key), "%s (%s)", kf_strerror(ph->code), ph->phase);
@@ -447,7 +201,7 @@ static void print_human(const struct probe_fleet *pf, const struct doctor_run *d
     if (pf->o->verbose) {
         printf("\nper host:\n");
         for (i = 0; i < pf->n; i++) {
-            const struct probe_host *ph = &pf->hosts[i];
+            const struct coord_probe_host *ph = &pf->hosts[i];
             const struct deploy_doctor_report *r = &d->reports[i];
             if (ph->code != 0) {
                 printf("  %s: failed (%s): %s\n", ph->h->name, ph->phase, ph->msg);
@@ -516,7 +270,7 @@ out:
 
 int cmd_doctor(struct coord_opts *o)
 {
-    struct probe_fleet pf;
+    struct coord_probe pf;
     struct doctor_run d;
     struct inventory inv;
     struct coord_config cfg;
@@ -547,12 +301,9 @@ int cmd_doctor(struct coord_opts *o)
         fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
         goto out;
     }
-    prof = coord_config_profile(&cfg, o->profile ? o->profile : "nvidia");
-    if (prof == NULL && o->profile == NULL && cfg.nprofiles == 1)
-        prof = &cfg.profiles[0];
+    prof = coord_config_select_profile(&cfg, o->profile, &err);
     if (prof == NULL) {
-        fprintf(stderr, "kfleet: %s: no profile '%s'\n", o->config,
-                o->profile ? o->profile : "nvidia");
+        fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
         goto out;
     }
     /* The first module of the load order is the one every kernel needs. */
@@ -560,7 +311,7 @@ int cmd_doctor(struct coord_opts *o)
     d.ctx.driver = o->driver;
     d.ctx.module = d.module;
     d.ctx.profile = prof->name;
-    if (make_nonce(d.nonce) < 0) {
+    if (coord_make_nonce(d.nonce) < 0) {
         fprintf(stderr, "kfleet: cannot get random bytes for the probe nonce\n");
         exit_code = KF_EXIT_ERROR;
         goto out;
@@ -597,7 +348,7 @@ int cmd_doctor(struct coord_opts *o)
     pf.parse = doctor_parse;
     pf.data = &d;
     t0 = uv_hrtime();
-    if (probe_fleet_run(&pf, &inv, idx, n, "doctor") < 0) {
+    if (coord_probe_run(&pf, &inv, idx, n, "doctor") < 0) {
         fprintf(stderr, "kfleet: out of memory\n");
         goto out;
     }
@@ -614,7 +365,7 @@ out:
     for (i = 0; d.reports != NULL && i < n; i++)
         deploy_doctor_report_release(&d.reports[i]);
     free(d.reports);
-    free(pf.hosts);
+    coord_probe_release(&pf);
     free(pk);
     free(arts);
     coord_db_close(&db);

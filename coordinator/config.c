@@ -184,9 +184,9 @@ static void profile_release(struct coord_profile *p)
 
 static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct coord_profile *p)
 {
-    static const char *const keys[] = {"type",      "source",         "flavor",  "modules",
-                                       "peermem",   "kernels",        "headers", "arch",
-                                       "make_vars", "stub_threshold", NULL};
+    static const char *const keys[] = {"type",      "source",         "flavor",          "modules",
+                                       "peermem",   "kernels",        "headers",         "arch",
+                                       "make_vars", "stub_threshold", "userspace_check", NULL};
     static const char *const kkeys[] = {"min", "max", NULL};
     static const char *const hkeys[] = {"debian", "rhel", NULL};
     char path[200], *type = NULL, *flavor = NULL;
@@ -220,6 +220,8 @@ static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct 
         goto out;
     }
     p->open = 1; /* NVIDIA's recommendation for Turing and newer */
+    /* Only NVIDIA's modules pair with NVIDIA's userspace driver. */
+    p->userspace_check = p->type != PROFILE_KMOD;
     if ((rc = get_string(x, v, path, "flavor", &flavor)) < 0)
         goto out;
     if (flavor != NULL) {
@@ -237,6 +239,7 @@ static int parse_profile(struct cfg_ctx *x, const char *name, json_t *v, struct 
     if ((rc = get_string(x, v, path, "source", &p->source)) < 0 ||
         (rc = get_bool(x, v, path, "peermem", &p->peermem)) < 0 ||
         (rc = get_uint(x, v, path, "stub_threshold", 1, 1u << 30, &p->stub_threshold)) < 0 ||
+        (rc = get_bool(x, v, path, "userspace_check", &p->userspace_check)) < 0 ||
         (rc = get_strv(x, v, path, "modules", kf_modname_valid, "a module name", &p->modules,
                        &p->nmodules)) < 0 ||
         (rc = get_strv(x, v, path, "arch", arch_valid, "an architecture like x86_64", &p->arches,

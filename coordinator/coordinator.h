@@ -106,6 +106,8 @@ struct coord_profile {
     struct coord_make_var *make_vars;
     size_t nmake_vars;
     unsigned stub_threshold; /* bytes; 0: BUILD_STUB_THRESHOLD_DEFAULT */
+    int userspace_check;     /* deploy: the node's NVIDIA userspace driver must be
+                                the driver before a reload (nvidia profiles) */
 };
 
 struct coord_builder {
@@ -251,6 +253,58 @@ struct coord_progress {
 void coord_progress_init(struct coord_progress *p, int mode, const char *label, size_t total);
 void coord_progress_update(struct coord_progress *p, size_t done, size_t failed, int force);
 void coord_progress_clear(struct coord_progress *p);
+
+/* --- one command on every host (probe.c) -------------------------------------- */
+
+struct coord_probe;
+
+struct coord_probe_host {
+    struct coord_probe *p;
+    const struct inv_host *h;
+    size_t index; /* in p->hosts */
+    struct ssh_conn *conn;
+    struct ssh_exec x; /* the command and its output, valid in parse and finished */
+    char *cmd;
+    int code; /* 0: the command ran and parse accepted its output */
+    const char *phase;
+    char msg[600];
+    uint64_t t0_ns, t1_ns;
+    unsigned retries; /* handshakes the server refused and we retried */
+    int finished;
+};
+
+/* Runs one command on every host given, --forks at once, with the SSH
+ * engine made from the command line (strict host keys, timeouts). Set o,
+ * command, parse and optionally finished, parse_phase and data. */
+struct coord_probe {
+    struct coord_opts *o;
+    /* The command for a host (malloc'ed into *cmd). */
+    int (*command)(struct coord_probe *p, struct coord_probe_host *ph, char **cmd);
+    /* The judge of a host's output: 0, or a KF_E* code with err saying why. */
+    int (*parse)(struct coord_probe *p, struct coord_probe_host *ph, struct kf_err *err);
+    /* Each host's end, failed or not, before its output is released. */
+    void (*finished)(struct coord_probe *p, struct coord_probe_host *ph);
+    const char *parse_phase; /* the phase named for parse failures; "probe" */
+    void *data;
+    /* results */
+    struct coord_probe_host *hosts;
+    size_t n, failed;
+    uv_loop_t loop;
+    struct ssh_engine engine;
+    struct coord_fanout fan;
+    struct coord_progress progress;
+};
+
+/* Runs on inv->hosts[idx[0..n-1]]; 0 when every host had its turn (each
+ * host's own result is in p->hosts), KF_ENOMEM otherwise. */
+int coord_probe_run(struct coord_probe *p, const struct inventory *inv, const size_t *idx, size_t n,
+                    const char *label);
+void coord_probe_release(struct coord_probe *p);
+
+/* The SSH engine's settings from the command line. */
+void coord_engine_opts(const struct coord_opts *o, struct ssh_engine_opts *eo);
+/* 32 random hex digits: the probes' section markers. */
+int coord_make_nonce(char out[33]);
 
 /* --- plan (cmd_plan.c) ------------------------------------------------------ */
 

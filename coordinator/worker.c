@@ -266,19 +266,18 @@ int coord_lane_exec(struct coord_lane *l, const char *const *args, size_t nargs,
     }
     {
         struct ssh_target t;
-        memset(&t, 0, sizeof(t));
-        t.name = w->host->name;
-        t.dest = w->host->address;
-        t.port = w->host->port;
-        t.user = w->host->user;
-        t.key_file = w->host->key_file;
-        rc = ssh_conn_start(w->engine, &t, on_ssh_ready, l, &l->conn);
+        rc = inv_host_ssh_target(w->host, &t, l->message, sizeof(l->message));
+        if (rc == 0) {
+            rc = ssh_conn_start(w->engine, &t, on_ssh_ready, l, &l->conn);
+            if (rc < 0)
+                snprintf(l->message, sizeof(l->message), "cannot connect to %s: %s", w->host->name,
+                         kf_strerror(rc));
+        }
         if (rc < 0) {
             free(l->command);
             l->command = NULL;
             l->busy = 0;
             l->cb = NULL;
-            snprintf(l->message, sizeof(l->message), "cannot connect to %s", w->host->name);
         }
     }
     return rc;

@@ -1068,8 +1068,8 @@ static int plan_install(struct deploy_node *n)
             if (rk->install || rk->verify || l == NULL || !l->loaded ||
                 strcmp(l->version, rk->pkg->driver) != 0)
                 n->need_reload = 1;
-            if (n->need_reload && c->userspace[0] && strcmp(c->userspace, rk->pkg->driver) != 0 &&
-                !n->o->allow_userspace_mismatch) {
+            if (n->need_reload && n->o->userspace_check && c->userspace[0] &&
+                strcmp(c->userspace, rk->pkg->driver) != 0 && !n->o->allow_userspace_mismatch) {
                 n->need_reload = 0;
                 snprintf(n->note, sizeof(n->note),
                          "installed, not reloaded: the userspace driver is %s, so loading %s "
@@ -1417,36 +1417,16 @@ int deploy_node_start(struct deploy_node *n)
           : n->o->mode == DEPLOY_MODE_ROLLBACK ? "rollback"
                                                : "unlock",
           n->o->driver ? n->o->driver : "", n->o->owner);
-    if (n->h->connection != NULL && strcmp(n->h->connection, "ssh") != 0 &&
-        strcmp(n->h->connection, "paramiko") != 0) {
+    rc = inv_host_ssh_target(n->h, &t, n->msg, sizeof(n->msg));
+    if (rc < 0) {
         snprintf(n->phase, sizeof(n->phase), "inventory");
-        n->code = KF_EUNSUPPORTED;
-        snprintf(n->msg, sizeof(n->msg),
-                 "ansible_connection '%s' is not supported: kfleet reaches nodes over ssh",
-                 n->h->connection);
-        n->outcome = DO_FAILED;
-        finish(n);
-        return 0;
-    }
-    if (n->h->proxy_jump != NULL) {
-        snprintf(n->phase, sizeof(n->phase), "inventory");
-        n->code = KF_EUNSUPPORTED;
-        snprintf(n->msg, sizeof(n->msg),
-                 "ansible_ssh_common_args asks for ProxyJump=%s; kfleet does not support jump "
-                 "hosts yet: reach the node directly",
-                 n->h->proxy_jump);
+        n->code = rc;
         n->outcome = DO_FAILED;
         finish(n);
         return 0;
     }
     if (set_state(n, DS_CONNECT, NULL) < 0)
         return 0;
-    memset(&t, 0, sizeof(t));
-    t.name = n->h->name;
-    t.dest = n->h->address;
-    t.port = n->h->port;
-    t.user = n->h->user;
-    t.key_file = n->h->key_file;
     rc = ssh_conn_start(n->engine, &t, on_ready, n, &n->conn);
     if (rc < 0) {
         n->code = rc;

@@ -7,6 +7,7 @@
 #define KF_INVENTORY_H
 
 #include "common.h"
+#include "ssh.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -83,6 +84,12 @@ int inv_yaml_to_json(const char *name, const char *data, size_t len, json_t **ou
 int inv_yaml_load_file(const char *path, json_t **out, struct kf_err *err);
 
 const struct inv_host *inv_find_host(const struct inventory *inv, const char *name);
+
+/* The SSH target of a host (its strings point into h). The connection
+ * settings kfleet does not support are KF_EUNSUPPORTED, with why saying so
+ * in words an operator can act on: an ansible_connection other than ssh,
+ * a ProxyJump. */
+int inv_host_ssh_target(const struct inv_host *h, struct ssh_target *t, char *why, size_t n);
 const struct inv_group *inv_find_group(const struct inventory *inv, const char *name);
 
 /* Expands Ansible host ranges: "gpu[01:03]" -> gpu01 gpu02 gpu03,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kfleet deploy on a fleet of 106 real sshd nodes on three kernels, with
+# kfleet deploy on a fleet of 112 real sshd nodes on three kernels, with
 # packages built for real in podman (the fixture module set, versions 1.0.0
 # and 1.0.1):
 #   - a clean staged rollout (1,5,20%,100%) with --reload: every node's
@@ -16,7 +16,10 @@
 #   - --pause manual, then resume; Ctrl-C, then resume;
 #   - SIGKILL of kfleet in the middle of a stage: another deploy is refused
 #     by the node locks, `rollout resume` finishes, and every node is whole;
-#   - kfleet rollback by hand, to the previous release and to none.
+#   - kfleet rollback by hand, to the previous release and to none;
+#   - Secure Boot refuses an unsigned package; a node whose NVIDIA userspace
+#     is another version is installed, not reloaded; drain and undrain
+#     hooks; --rollback-stage; --max-fail-total; --canary and --shuffle.
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/lib.sh"
@@ -46,8 +49,11 @@ KS=("$K1" "$K2" "$K3")
 	echo "node104 kernel=$K1 os=debian:12 disk=512"
 	echo "node105 kernel=$K1 os=debian:12"
 	echo "node106 kernel=$K1 os=debian:12"
+	echo "node107 kernel=$K1 os=debian:12 sb=enabled"
+	echo "node108 kernel=$K1 os=debian:12 gpus=1 userspace=0.9.0"
+	for i in 109 110 111 112; do echo "node$i kernel=$K1 os=debian:12"; done
 } >"$WORK/spec"
-"$FLEET_SH" up --dir "$FLEET" --spec "$WORK/spec" --base-port "$(pick_base_port 106)" >/dev/null
+"$FLEET_SH" up --dir "$FLEET" --spec "$WORK/spec" --base-port "$(pick_base_port 112)" >/dev/null
 
 for v in 1.0.0 1.0.1; do
 	cp -R "$KF_SOURCE_DIR/tests/fixtures/kmod/kfleet-test-driver" "$WORK/src-$v"
@@ -66,6 +72,8 @@ profiles:
     type: kmod
     source: $WORK/src-1.0.0
     stub_threshold: 1024
+    # the fixture pretends to be NVIDIA's: check the userspace driver
+    userspace_check: true
 EOF
 kd() { kf --config "$WORK/kfleet.yml" "$@"; }
 ALL='node0*:node100'
@@ -153,7 +161,7 @@ kd deploy --profile testdrv --driver 1.0.0 -l "$ALL" --stages 1,5,20%,100% --rel
 [ "$(jget "$WORK/deploy1.json" 'd["summary"]["updated"]')" = 100 ] || fail "want 100 updated"
 [ "$(jget "$WORK/deploy1.json" '[s["nodes"] for s in d["stages"]]')" = "[1, 5, 20, 74]" ] ||
 	fail "stages: $(jget "$WORK/deploy1.json" '[s["nodes"] for s in d["stages"]]')"
-[ "$(jget "$WORK/deploy1.json" 'd["status"]')" = done ] || fail "rollout not done"
+[ "$(jget "$WORK/deploy1.json" 'd["status"]')" = "done" ] || fail "rollout not done"
 check_nodes 1.0.0 1 'node0*' node100 >"$WORK/check1.out" || { cat "$WORK/check1.out"; fail "nodes after the clean rollout"; }
 python3 - "$WORK/deploy1.xml" <<'PY' || fail "JUnit report"
 import sys, xml.etree.ElementTree as ET
@@ -253,7 +261,10 @@ rc=0
 kd deploy --profile testdrv --driver 1.0.1 -l 'node10[5-6]' --stages 1,100% --pause manual >"$WORK/pause.out" 2>&1 || rc=$?
 [ "$rc" = 5 ] || { cat "$WORK/pause.out"; fail "--pause manual: exit $rc, want 5"; }
 idp=$(sed -n 's/^rollout \([0-9]*\) paused.*/\1/p' "$WORK/pause.out")
-[ -n "$idp" ] && grep -q "resume with: kfleet rollout resume $idp" "$WORK/pause.out" || { cat "$WORK/pause.out"; fail "no resume hint"; }
+if [ -z "$idp" ] || ! grep -q "resume with: kfleet rollout resume $idp" "$WORK/pause.out"; then
+	cat "$WORK/pause.out"
+	fail "no resume hint"
+fi
 check_nodes 1.0.1 0 node105 >/dev/null || fail "stage 1 not done before the pause"
 [ -e "$FLEET/nodes/node106/fs/var/lib/kfleet/state" ] && fail "stage 2 ran before resume"
 kd rollout resume "$idp" >"$WORK/pause2.out" 2>&1 || { cat "$WORK/pause2.out"; fail "resume after pause"; }
@@ -329,3 +340,80 @@ kd rollback --profile testdrv -l node004 --to none >"$WORK/rb2.out" 2>&1 || { ca
 grep -q "^current" "$FLEET/nodes/node004/fs/var/lib/kfleet/state" && fail "rollback --to none left a current release"
 ls "$FLEET/nodes/node004/fs/lib/modules/"*/updates/kfleet/*.ko >/dev/null 2>&1 && fail "rollback --to none left modules"
 ok "kfleet rollback: back to the previous release with --reload; --to none removes kfleet's modules"
+
+# ---- Secure Boot, userspace mismatch ---------------------------------------
+rc=0
+kd deploy --profile testdrv --driver 1.0.1 -l 'node107:node108' --stages 100% --reload --json \
+	>"$WORK/sb.json" 2>"$WORK/sb.err" || rc=$?
+[ "$rc" = 1 ] || { cat "$WORK/sb.err"; fail "Secure Boot / userspace: exit $rc, want 1 (a node skipped)"; }
+python3 - "$WORK/sb.json" <<'PY' || { cat "$WORK/sb.err"; fail "Secure Boot and userspace preflight"; }
+import json, sys
+d = json.load(open(sys.argv[1]))
+by = {n["name"]: n for n in d["nodes"]}
+sb, us = by["node107"], by["node108"]
+assert sb["outcome"] == "skipped" and "Secure Boot is on" in sb["error"]["message"] and "not signed" in sb["error"]["message"], sb
+assert us["outcome"] == "updated" and "not reloaded: the userspace driver is 0.9.0" in us["note"], us
+PY
+[ -e "$FLEET/nodes/node107/fs/var/lib/kfleet/state" ] && fail "Secure Boot node changed"
+check_nodes 1.0.1 0 node108 >/dev/null || fail "userspace-mismatch node not installed"
+[ -e "$FLEET/nodes/node108/fs/sys/module/kfleet_core" ] && fail "userspace-mismatch node was reloaded"
+ok "Secure Boot on: unsigned package skipped, nothing changed; userspace 0.9.0: installed, not reloaded"
+
+# ---- hooks, --rollback-stage, --max-fail-total, --canary, --shuffle ----------
+R4='node109:node110:node111:node112'
+# The undrain hook runs on the node and writes into the fleet directory,
+# which every node sees at the same path.
+python3 - "$WORK/kfleet.yml" "$WORK/kfleet-hooks.yml" "$WORK/hooks.log" "$FLEET/hooks-node.log" <<'PY'
+import sys
+src, dst, ctl, node = sys.argv[1:]
+text = open(src).read().replace("deploy:\n", "deploy:\n"
+    f"  drain: {{command: 'echo drain {{host}} >>{ctl}', on: control}}\n"
+    f"  undrain: {{command: 'echo undrain $(hostname) >>{node}', on: node}}\n", 1)
+open(dst, "w").write(text)
+PY
+kh() { kf --config "$WORK/kfleet-hooks.yml" "$@"; }
+kh deploy --profile testdrv --driver 1.0.0 -l "$R4" --stages 100% --reload >"$WORK/r4.out" 2>&1 ||
+	{ cat "$WORK/r4.out"; fail "deploy 1.0.0 to $R4"; }
+[ "$(sort "$WORK/hooks.log" | tr '\n' ' ')" = "drain node109 drain node110 drain node111 drain node112 " ] ||
+	fail "drain hook on the control host: $(cat "$WORK/hooks.log")"
+[ "$(sort "$FLEET/hooks-node.log" | tr '\n' ' ')" = "undrain node109 undrain node110 undrain node111 undrain node112 " ] ||
+	fail "undrain hook on the nodes: $(cat "$FLEET/hooks-node.log" 2>&1)"
+ok "drain hook on the control host, undrain on the node, around each reload"
+
+echo "modprobe_fail=kfleet_drm@1.0.1" >>"$(conf node112)"
+rc=0
+kh deploy --profile testdrv --driver 1.0.1 -l "$R4" --stages 100% --reload --rollback-stage \
+	--json >"$WORK/rbs.json" 2>"$WORK/rbs.err" || rc=$?
+[ "$rc" = 4 ] || { cat "$WORK/rbs.err"; fail "--rollback-stage: exit $rc, want 4"; }
+grep -q "rolling back stage 1: 3 updated nodes" "$WORK/rbs.err" || { cat "$WORK/rbs.err"; fail "no stage rollback"; }
+check_nodes 1.0.0 1 node109 node110 node111 >/dev/null || fail "--rollback-stage did not put the stage back at 1.0.0"
+ok "--rollback-stage: a failure halts the stage and its 3 updated nodes go back to 1.0.0 (loaded)"
+sed -i '/^modprobe_fail=/d' "$(conf node112)"
+
+for n in node110 node111; do echo "modprobe_fail=kfleet_drm@1.0.1" >>"$(conf $n)"; done
+rc=0
+kd deploy --profile testdrv --driver 1.0.1 -l "$R4" --stages 1 --max-fail 1 --max-fail-total 1 \
+	--reload --auto-rollback --json >"$WORK/mft.json" 2>"$WORK/mft.err" || rc=$?
+[ "$rc" = 4 ] || { cat "$WORK/mft.err"; fail "--max-fail-total: exit $rc, want 4"; }
+python3 - "$WORK/mft.json" <<'PY' || { cat "$WORK/mft.err"; fail "--max-fail-total"; }
+import json, sys
+d = json.load(open(sys.argv[1]))
+by = {n["name"]: n for n in d["nodes"]}
+assert [by[n]["stage"] for n in ("node109", "node110", "node111", "node112")] == [1, 2, 3, 4]
+assert by["node110"]["outcome"] == by["node111"]["outcome"] == "rolled_back"
+assert by["node112"]["state"] == "pending" and d["stage"] == 3, (by["node112"], d["stage"])
+assert "over its budget of 1 (--max-fail-total 1" in d["reason"], d["reason"]
+PY
+for n in node110 node111; do sed -i '/^modprobe_fail=/d' "$(conf $n)"; done
+ok "--max-fail-total 1: each stage within --max-fail 1, the second failure overall halts"
+
+kd deploy --profile testdrv --driver 1.0.1 -l "$R4" --stages 1,100% --canary node111 --shuffle \
+	--json >"$WORK/can.json" 2>"$WORK/can.err" || { cat "$WORK/can.err"; fail "--canary --shuffle"; }
+python3 - "$WORK/can.json" <<'PY' || fail "--canary"
+import json, sys
+d = json.load(open(sys.argv[1]))
+st = {n["name"]: n["stage"] for n in d["nodes"]}
+assert st["node111"] == 1 and sorted(v for k, v in st.items() if k != "node111") == [2, 2, 2], st
+assert json.loads(json.dumps(d["options"]))["seed"] != 0
+PY
+ok "--canary node111 is stage 1; --shuffle records its seed for resume"
