@@ -1579,6 +1579,12 @@ int cmd_build(struct coord_opts *o)
                r.stored, r.skipped_failed, r.na, r.canceled ? ", stopped: " : "",
                r.canceled ? "canceled builds were not stored" : "",
                (double)(uv_hrtime() - t0) / 1e9);
+    if (o->result != NULL) {
+        o->result->built = r.built;
+        o->result->build_failed = r.failed + r.canceled + r.skipped_failed;
+        o->result->build_stored = r.stored;
+        o->result->build_na = r.na;
+    }
     exit_code = r.db_failed                                    ? KF_EXIT_ERROR
                 : (r.failed || r.canceled || r.skipped_failed) ? KF_EXIT_HOSTS
                                                                : KF_EXIT_OK;

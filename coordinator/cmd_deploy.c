@@ -1440,6 +1440,15 @@ static int report(struct deploy_run *r)
     }
     coord_journal_known_versions(&r->db, &r->ro, v, n);
     coord_rollout_count(v, n, -1, &c);
+    if (r->o->result != NULL) {
+        r->o->result->rollout = r->ro.id;
+        snprintf(r->o->result->rollout_status, sizeof(r->o->result->rollout_status), "%s",
+                 r->ro.status);
+        r->o->result->updated = c.updated;
+        r->o->result->unchanged = c.unchanged;
+        r->o->result->skipped = c.skipped;
+        r->o->result->failed = c.failed + c.rolled_back + c.rollback_failed;
+    }
     if (r->o->json) {
         json_t *j = coord_rollout_json(&r->ro, v, n);
         json_object_set_new(j, "seconds", json_real(secs));

@@ -223,6 +223,10 @@ int cmd_facts(struct coord_opts *o)
         print_json(&r, (double)(uv_hrtime() - t0) / 1e9);
     else
         print_human(&r, (double)(uv_hrtime() - t0) / 1e9);
+    if (o->result != NULL) {
+        o->result->facts_hosts = r.n;
+        o->result->facts_failed = r.probe.failed;
+    }
     if (r.db_error) {
         fprintf(stderr, "kfleet: facts were not saved: %s\n", kf_err_msg(&r.db_err));
         exit_code = KF_EXIT_ERROR;

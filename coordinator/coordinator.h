@@ -20,6 +20,7 @@ enum {
     KF_EXIT_ERROR = 3,  /* kfleet itself failed (state database, memory) */
     KF_EXIT_HALTED = 4, /* a rollout stopped: a stage went over its failure budget */
     KF_EXIT_PAUSED = 5, /* a rollout waits for `kfleet rollout resume` (paused or interrupted) */
+    KF_EXIT_LOCKED = 6, /* kfleet run: another run holds the state directory's lock */
 };
 
 struct coord_opts {
@@ -72,6 +73,21 @@ struct coord_opts {
     int break_lock;
     const char *junit; /* --junit FILE */
     const char *to;    /* rollback --to VERSION|none */
+    /* status, run */
+    int refresh;                     /* status --refresh: gather facts first */
+    const char *prometheus;          /* status --prometheus FILE */
+    const char *stale;               /* status --stale AGE */
+    int no_deploy;                   /* run --no-deploy */
+    struct coord_run_result *result; /* when set, commands report into it (kfleet run) */
+};
+
+/* What facts, build and deploy did, for kfleet run's summary. */
+struct coord_run_result {
+    size_t facts_hosts, facts_failed;
+    size_t built, build_failed, build_stored, build_na;
+    long long rollout;
+    char rollout_status[16];
+    size_t updated, unchanged, skipped, failed;
 };
 
 /* Parses argv into o; prints usage or a precise error itself. Returns 0, or
@@ -629,6 +645,8 @@ int cmd_deploy(struct coord_opts *o);
 int cmd_rollback(struct coord_opts *o);
 int cmd_rollout(struct coord_opts *o);
 int cmd_doctor(struct coord_opts *o);
+int cmd_status(struct coord_opts *o);
+int cmd_run(struct coord_opts *o);
 int cmd_artifacts(struct coord_opts *o);
 int cmd_keys(struct coord_opts *o);
 

@@ -42,13 +42,17 @@ int main(int argc, char **argv)
         return cmd_rollout(&o);
     if (strcmp(o.command, "doctor") == 0)
         return cmd_doctor(&o);
+    if (strcmp(o.command, "status") == 0)
+        return cmd_status(&o);
+    if (strcmp(o.command, "run") == 0)
+        return cmd_run(&o);
     if (strcmp(o.command, "version") == 0) {
         printf("kfleet %s\n", KF_VERSION);
         return KF_EXIT_OK;
     }
     fprintf(stderr,
             "kfleet: unknown command '%s' (commands: hosts, facts, plan, build, builder, "
-            "artifacts, keys, deploy, rollback, rollout, doctor, version, help)\n",
+            "artifacts, keys, deploy, rollback, rollout, doctor, status, run, version, help)\n",
             o.command);
     return KF_EXIT_USAGE;
 }

@@ -49,6 +49,10 @@ enum {
     OPT_BREAK_LOCK,
     OPT_JUNIT,
     OPT_TO,
+    OPT_REFRESH,
+    OPT_PROMETHEUS,
+    OPT_STALE,
+    OPT_NO_DEPLOY,
 };
 
 static const struct option long_opts[] = {
@@ -98,6 +102,10 @@ static const struct option long_opts[] = {
     {"break-lock", no_argument, NULL, OPT_BREAK_LOCK},
     {"junit", required_argument, NULL, OPT_JUNIT},
     {"to", required_argument, NULL, OPT_TO},
+    {"refresh", no_argument, NULL, OPT_REFRESH},
+    {"prometheus", required_argument, NULL, OPT_PROMETHEUS},
+    {"stale", required_argument, NULL, OPT_STALE},
+    {"no-deploy", no_argument, NULL, OPT_NO_DEPLOY},
     {NULL, 0, NULL, 0},
 };
 
@@ -264,6 +272,55 @@ void coord_usage(FILE *f, const char *command)
               f);
         return;
     }
+    if (command != NULL && strcmp(command, "run") == 0) {
+        fputs("usage: kfleet run --driver VERSION [--profile NAME] [-l PATTERN] [--no-deploy]\n"
+              "                  [deploy options] [--json] [--junit FILE]\n"
+              "\n"
+              "The weekly job in one command: kfleet facts (every node), plan, build what is\n"
+              "missing (every running and installed kernel, once, in containers), then a\n"
+              "staged deploy with the deploy options (--stages, --max-fail, --reload, ...),\n"
+              "and a summary. A lock in the state directory (STATE/run.lock) keeps two runs\n"
+              "from overlapping: the second says who holds it. A run that builds nothing and\n"
+              "changes nothing says the fleet is current. --no-deploy builds ahead only: the\n"
+              "packages are ready before any node reboots into a new kernel (the safe\n"
+              "scheduled default, contrib/systemd/kfleet-rebuild.timer).\n"
+              "With --json, each step's report goes to stderr and stdout gets one document.\n"
+              "\n"
+              "Exit: the worst of the steps: 0 all current, 1 some hosts or builds failed\n"
+              "within budget, 4 the rollout halted, 5 paused or interrupted, 2 usage, 3\n"
+              "internal, 6 another kfleet run holds the lock.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet run --driver 550.54.15 --no-deploy\n"
+              "  kfleet run --driver 550.54.15 --stages 1,10%,100% --max-fail 2% --reload "
+              "--junit run.xml\n",
+              f);
+        return;
+    }
+    if (command != NULL && strcmp(command, "status") == 0) {
+        fputs("usage: kfleet status [--driver VERSION] [--profile NAME] [-l PATTERN] [--refresh]\n"
+              "                     [--stale AGE] [--json] [--prometheus FILE] [-v]\n"
+              "\n"
+              "Where the fleet stands, from the stored facts and rollouts (nothing runs on the\n"
+              "nodes unless --refresh gathers facts first). Each host is one of: current (every\n"
+              "kernel at the target driver), behind (a kernel or the loaded module at another\n"
+              "version, or not managed by kfleet yet), mismatch (loaded module and userspace\n"
+              "driver differ), drifted (a running or installed kernel without a driver: the next\n"
+              "boot into it loses the GPU; says whether the package is stored), stale (facts\n"
+              "older than --stale, default 7d), unreachable (the last facts attempt failed, or\n"
+              "never gathered). The target is --driver, else the last finished deploy's driver,\n"
+              "else the newest in the store. --prometheus writes a node_exporter textfile\n"
+              "(counts per state, a kfleet_node_info line per node) atomically.\n"
+              "\n"
+              "Exit: 0 every host current, 1 some need attention, 2 usage, 3 internal.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet status --refresh\n"
+              "  kfleet status --json | jq '.hosts[] | select(.state == \"drifted\")'\n"
+              "  kfleet status --prometheus /var/lib/node_exporter/textfile/kfleet.prom\n",
+              f);
+        return;
+    }
     if (command != NULL && strcmp(command, "doctor") == 0) {
         fputs(
             "usage: kfleet doctor [-l PATTERN] [--driver VERSION] [--profile NAME] [--json] [-v]\n"
@@ -344,6 +401,8 @@ void coord_usage(FILE *f, const char *command)
           "  rollback     put nodes back to their previous release\n"
           "  rollout      list, show, resume, abort rollouts\n"
           "  doctor       diagnose driver problems on the nodes (read-only)\n"
+          "  status       where the fleet stands: current, behind, drifted, unreachable\n"
+          "  run          facts, plan, build what is missing, staged deploy (the weekly job)\n"
           "  keys         keys new: a module signing key and MOK certificate\n"
           "  version      print the version\n"
           "  help [CMD]   this text, or a command's\n"
@@ -541,6 +600,18 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
             break;
         case OPT_JUNIT:
             o->junit = optarg;
+            break;
+        case OPT_REFRESH:
+            o->refresh = 1;
+            break;
+        case OPT_PROMETHEUS:
+            o->prometheus = optarg;
+            break;
+        case OPT_STALE:
+            o->stale = optarg;
+            break;
+        case OPT_NO_DEPLOY:
+            o->no_deploy = 1;
             break;
         case OPT_TO:
             if (strcmp(optarg, "none") != 0 && !kf_driver_version_valid(optarg))

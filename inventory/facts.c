@@ -1010,6 +1010,39 @@ static void parse_secure_boot(const struct sections *sec, struct inv_facts *f)
     f->secure_boot = mok != INV_UNKNOWN ? mok : efi;
 }
 
+/* "KERNEL DRIVER SHA256 PROFILE" of a state's current line: kept (and *n
+ * counted) only when every word passes its rule. */
+static void parse_kfleet_current(const char *p, size_t n, struct inv_kfleet_current *c,
+                                 size_t *count)
+{
+    const char *w[4];
+    size_t wn[4], i = 0, k = 0, j;
+
+    while (k < 4 && i < n) {
+        while (i < n && p[i] == ' ')
+            i++;
+        w[k] = p + i;
+        while (i < n && p[i] != ' ')
+            i++;
+        wn[k] = (size_t)(p + i - w[k]);
+        if (wn[k] > 0)
+            k++;
+    }
+    while (i < n && p[i] == ' ')
+        i++;
+    if (k != 4 || i != n || !kf_krel_valid_n(w[0], wn[0]) ||
+        !kf_driver_version_valid_n(w[1], wn[1]) || wn[2] != 64 || wn[3] > 64)
+        return;
+    for (j = 0; j < wn[3]; j++)
+        if (!((w[3][j] >= 'a' && w[3][j] <= 'z') || (w[3][j] >= 'A' && w[3][j] <= 'Z') ||
+              (w[3][j] >= '0' && w[3][j] <= '9') || w[3][j] == '_' || w[3][j] == '-'))
+            return;
+    copy_span(c->kernel, sizeof(c->kernel), w[0], wn[0]);
+    copy_span(c->driver, sizeof(c->driver), w[1], wn[1]);
+    copy_span(c->profile, sizeof(c->profile), w[3], wn[3]);
+    (*count)++;
+}
+
 /* /var/lib/kfleet/state: "key=value" lines written by kfleet's node side.
  * A node may have edited it, so values are validated; a bad one is left
  * "" (as if kfleet never installed there) rather than failing the host. */
@@ -1030,6 +1063,9 @@ static void parse_kfleet_state(const struct sections *sec, struct inv_facts *f)
             f->kfleet_release[0] = '\0';
             if (kf_krel_valid_n(line + 7, n - 7))
                 copy_span(f->kfleet_release, sizeof(f->kfleet_release), line + 7, n - 7);
+        } else if (span_starts(line, n, "current ") && f->nkfleet_current < INV_FACTS_MAX_KERNELS) {
+            parse_kfleet_current(line + 8, n - 8, &f->kfleet_current[f->nkfleet_current],
+                                 &f->nkfleet_current);
         }
     }
 }
@@ -1110,7 +1146,9 @@ json_t *inv_facts_to_json(const struct inv_facts *f)
     kernels = json_array();
     gpus = f->gpus_known == INV_YES ? json_array() : json_null();
     /* "kfleet": null when kfleet never installed anything there. */
-    kf = f->kfleet_driver[0] != '\0' || f->kfleet_release[0] != '\0' ? json_object() : json_null();
+    kf = f->kfleet_driver[0] != '\0' || f->kfleet_release[0] != '\0' || f->nkfleet_current > 0
+             ? json_object()
+             : json_null();
     if (o == NULL || os == NULL || kernels == NULL || gpus == NULL || kf == NULL) {
         bad = 1;
         goto out;
@@ -1134,8 +1172,15 @@ json_t *inv_facts_to_json(const struct inv_facts *f)
         bad |= json_array_append_new(
             gpus, json_pack("{s:s, s:s}", "slot", f->gpus[i].slot, "id", f->gpus[i].id));
     if (json_is_object(kf)) {
+        json_t *cur = json_array();
         bad |= json_object_set_new(kf, "driver", str_or_null(f->kfleet_driver));
         bad |= json_object_set_new(kf, "kernel", str_or_null(f->kfleet_release));
+        for (i = 0; cur != NULL && i < f->nkfleet_current; i++)
+            bad |= json_array_append_new(cur, json_pack("{s:s, s:s, s:s}", "kernel",
+                                                        f->kfleet_current[i].kernel, "driver",
+                                                        f->kfleet_current[i].driver, "profile",
+                                                        f->kfleet_current[i].profile));
+        bad |= json_object_set_new(kf, "current", cur ? cur : json_array());
     }
 
     bad |= json_object_set_new(o, "kernel", json_string(f->kernel));

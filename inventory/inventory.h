@@ -152,6 +152,14 @@ struct inv_facts {
     enum inv_tristate secure_boot;         /* mokutil or efivars; unknown if neither */
     char kfleet_driver[32];                /* from /var/lib/kfleet/state, "" = none */
     char kfleet_release[INV_KREL_MAX + 1]; /* kernel kfleet last installed for */
+    /* The state's "current KERNEL DRIVER SHA PROFILE" lines: the release
+     * kfleet installed for each kernel (deployer/NODE.md). */
+    struct inv_kfleet_current {
+        char kernel[INV_KREL_MAX + 1];
+        char driver[32];
+        char profile[65];
+    } kfleet_current[INV_FACTS_MAX_KERNELS];
+    size_t nkfleet_current;
 };
 
 /* Builds the ONE remote command that gathers a node's facts: a POSIX sh

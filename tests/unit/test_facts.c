@@ -393,7 +393,7 @@ static void test_debian12_json(void **state)
            "\"running\":false},"
            "{\"build\":true,\"image\":true,\"modules_dep\":true,"
            "\"release\":\"6.12.38+deb12-amd64\",\"running\":false}],"
-           "\"kfleet\":{\"driver\":\"550.54.15\",\"kernel\":\"6.1.0-41-amd64\"},"
+           "\"kfleet\":{\"current\":[],\"driver\":\"550.54.15\",\"kernel\":\"6.1.0-41-amd64\"},"
            "\"loaded_driver\":\"550.54.15\","
            "\"os\":{\"id\":\"debian\",\"like\":null,\"pretty\":\"Debian GNU/Linux 12 (bookworm)\","
            "\"version\":\"12\"},"
@@ -1028,6 +1028,55 @@ static void test_sections_out_of_order(void **state)
     free(out);
 }
 
+static void test_kfleet_current(void **state)
+{
+    struct inv_facts f;
+    struct kf_err err;
+    size_t len;
+    json_t *j;
+    char *s;
+    char *out =
+        mkout(&len, "uname_r", "6.1.0-41-amd64\n", "uname_m", "x86_64\n", "kfleet_state",
+              "# kfleet node state\n"
+              "driver=1.0.1\nkernel=6.12.38+deb12-amd64\n"
+              "current 6.1.0-41-amd64 1.0.1 "
+              "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa testdrv\n"
+              "current 6.12.38+deb12-amd64 1.0.0 "
+              "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb nvidia\n"
+              /* edited by hand into something unsafe: dropped, not fatal */
+              "current 6.1;reboot 1.0.1 "
+              "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa testdrv\n"
+              "current 6.1.0-41-amd64 1.0.1x "
+              "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa testdrv\n"
+              "current 6.1.0-41-amd64 1.0.1 short testdrv\n"
+              "current 6.1.0-41-amd64 1.0.1 "
+              "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa a/b\n"
+              "current 6.1.0-41-amd64 1.0.1 "
+              "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa testdrv extra\n"
+              "previous 6.1.0-41-amd64 1.0.0 "
+              "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc testdrv\n",
+              "end", "", NULL);
+
+    (void)state;
+    assert_int_equal(inv_facts_parse(out, len, NONCE, &f, &err), 0);
+    assert_int_equal(f.nkfleet_current, 2);
+    assert_string_equal(f.kfleet_current[0].kernel, "6.1.0-41-amd64");
+    assert_string_equal(f.kfleet_current[0].driver, "1.0.1");
+    assert_string_equal(f.kfleet_current[0].profile, "testdrv");
+    assert_string_equal(f.kfleet_current[1].kernel, "6.12.38+deb12-amd64");
+    assert_string_equal(f.kfleet_current[1].profile, "nvidia");
+    assert_string_equal(f.kfleet_driver, "1.0.1");
+    j = inv_facts_to_json(&f);
+    s = json_dumps(json_object_get(j, "kfleet"), JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(s, "{\"current\":[{\"driver\":\"1.0.1\",\"kernel\":\"6.1.0-41-amd64\","
+                           "\"profile\":\"testdrv\"},{\"driver\":\"1.0.0\",\"kernel\":"
+                           "\"6.12.38+deb12-amd64\",\"profile\":\"nvidia\"}],\"driver\":\"1.0.1\","
+                           "\"kernel\":\"6.12.38+deb12-amd64\"}");
+    free(s);
+    json_decref(j);
+    free(out);
+}
+
 static void test_crlf_same_as_lf(void **state)
 {
     struct inv_facts a, b;
@@ -1267,6 +1316,7 @@ int main(void)
         cmocka_unit_test(test_missing_required),
         cmocka_unit_test(test_duplicate_and_unknown_sections),
         cmocka_unit_test(test_sections_out_of_order),
+        cmocka_unit_test(test_kfleet_current),
         cmocka_unit_test(test_crlf_same_as_lf),
         cmocka_unit_test(test_kernels_invalid_skipped),
         cmocka_unit_test(test_running_kernel_always_listed),
