@@ -279,7 +279,7 @@ int cmd_doctor(struct coord_opts *o)
     struct deploy_doctor_package *pk = NULL;
     const struct coord_profile *prof;
     struct kf_err err;
-    char *state_dir = NULL;
+    char *state_dir = NULL, order[16 * (KF_MODNAME_MAX + 1)];
     size_t *idx = NULL, n = 0, narts = 0, i;
     uint64_t t0;
     double secs;
@@ -306,8 +306,18 @@ int cmd_doctor(struct coord_opts *o)
         fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
         goto out;
     }
-    /* The first module of the load order is the one every kernel needs. */
-    d.module = prof->nmodules > 0 ? prof->modules[0] : "nvidia";
+    load_store(&db, state_dir, prof->name, o->driver, &arts, &narts, &d.ctx, &pk);
+    /* The first module of the load order is the one every kernel needs:
+     * the profile's list, else a stored package's load order (a kmod
+     * profile that names no modules), else NVIDIA's. */
+    d.module = "nvidia";
+    if (prof->nmodules > 0)
+        d.module = prof->modules[0];
+    else if (narts > 0 && coord_store_load_order(arts[0].path, order, sizeof(order), &err) == 0 &&
+             order[0] != '\0') {
+        order[strcspn(order, " ")] = '\0';
+        d.module = order;
+    }
     d.ctx.driver = o->driver;
     d.ctx.module = d.module;
     d.ctx.profile = prof->name;
@@ -333,7 +343,6 @@ int cmd_doctor(struct coord_opts *o)
         exit_code = rc;
         goto out;
     }
-    load_store(&db, state_dir, prof->name, o->driver, &arts, &narts, &d.ctx, &pk);
 
     exit_code = KF_EXIT_ERROR;
     d.reports = calloc(n, sizeof(*d.reports));

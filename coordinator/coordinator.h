@@ -430,6 +430,9 @@ int coord_db_build_end(struct coord_db *d, long long id, const char *builder, co
 int coord_db_build_last(struct coord_db *d, const struct coord_key *k, char *status, char *inputs,
                         char *error, char *log_path, struct kf_err *err);
 
+/* The load order ("a b c") in the metadata.json beside a stored package. */
+int coord_store_load_order(const char *pkg_path, char *out, size_t n, struct kf_err *err);
+
 /* Writes STORE/index.json (atomically) from the catalog: repository,
  * last_updated, drivers[] {version, profile, supported_kernels[]}. */
 int coord_store_write_index(struct coord_db *d, const struct coord_config *c, long long now,

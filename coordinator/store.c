@@ -344,3 +344,33 @@ out:
     json_decref(doc);
     return rc;
 }
+
+int coord_store_load_order(const char *pkg_path, char *out, size_t n, struct kf_err *err)
+{
+    char path[4200], *slash;
+    json_t *md, *order, *m;
+    size_t i, off = 0;
+
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "%s", pkg_path);
+    slash = strrchr(path, '/');
+    if (slash == NULL)
+        return kf_err_set(err, KF_EINVAL, "package path %s has no directory", pkg_path);
+    snprintf(slash + 1, sizeof(path) - (size_t)(slash + 1 - path), "metadata.json");
+    md = json_load_file(path, 0, NULL);
+    if (md == NULL)
+        return kf_err_set(err, KF_EIO, "cannot read %s (kfleet artifacts verify)", path);
+    order = json_object_get(md, "load_order");
+    json_array_foreach(order, i, m)
+    {
+        const char *name = json_string_value(m);
+        if (name == NULL || !kf_modname_valid(name) || off + strlen(name) + 2 > n) {
+            json_decref(md);
+            out[0] = '\0';
+            return kf_err_set(err, KF_EPARSE, "%s: bad load_order", path);
+        }
+        off += (size_t)snprintf(out + off, n - off, "%s%s", off ? " " : "", name);
+    }
+    json_decref(md);
+    return 0;
+}

@@ -755,22 +755,29 @@ static int step_rollback(struct deploy_node *n)
         struct deploy_kernel *k = &n->k[n->cursor];
         struct args a = {{0}, 0};
         char unload[DEPLOY_MAX_MODULES * (KF_MODNAME_MAX + 1)];
-        int reload;
+        int reload, load_after;
         if (!k->rollback)
             continue;
         reload =
             k->running && (n->reloaded || (n->o->mode == DEPLOY_MODE_ROLLBACK && n->o->reload));
+        /* Back to what was loaded before: a node that had the modules
+         * loaded gets them loaded again; one that had none gets none. A
+         * rollback asked by hand (no prior state) loads them. */
+        load_after = reload && (n->prior.set ? n->prior.loaded : 1);
         if (set_state(n, DS_ROLLBACK, "%s to %s%s", k->kernel, k->target[0] ? k->target : "none",
-                      reload ? ", reload" : "") < 0)
+                      load_after ? ", reload"
+                      : reload   ? ", unload"
+                                 : "") < 0)
             return 1;
         arg2(&a, "--profile", n->o->profile);
         arg2(&a, "--kernel", k->kernel);
         arg2(&a, "--to", k->target[0] ? k->target : "none");
         if (reload) {
             arg1(&a, "--reload");
-            arg2(&a, "--modules", load_list(n));
+            if (load_after)
+                arg2(&a, "--modules", load_list(n));
             arg2(&a, "--unload", unload_list(n, unload, sizeof(unload)));
-            k->reload_rb = 1;
+            k->reload_rb = load_after;
         }
         owner_args(n, &a);
         run_action(n, "rollback", &a, NULL, 0, 0, after_rollback);

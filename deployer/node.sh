@@ -980,7 +980,7 @@ required_options() {
 	rollback)
 		need_opt profile kernel to owner
 		if [ "$F_RELOAD" = 1 ]; then
-			[ -n "$O_MODULES" ] || usage "rollback --reload needs --modules"
+			[ -n "$O_MODULES$O_UNLOAD" ] || usage "rollback --reload needs --modules (to load) or --unload"
 		else
 			[ -z "$O_MODULES$O_UNLOAD" ] || usage "rollback takes --modules and --unload only with --reload"
 		fi

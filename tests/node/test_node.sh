@@ -1077,6 +1077,19 @@ current $K $DRV_C $SHA_C nvidia-run"
 		"rollback to none, a module that is nowhere"
 	rm -f "$R/lib/modules/$K/kernel/drivers/video/nvidia.ko"
 	ok "rollback --to none --reload: the distribution's module loads; one that is nowhere is exit 14"
+
+	# A node that had nothing loaded before the rollout: --reload with only
+	# --unload unloads and loads nothing.
+	node rollback --profile nvidia-run --kernel "$K" --to "$DRV_C" --owner "$OWNER" --reload --modules "nvidia nvidia-uvm"
+	want_ok rollback "back to C, loaded"
+	[ -d "$R/sys/module/nvidia" ] || fail "back to C: nvidia not loaded"
+	node rollback --profile nvidia-run --kernel "$K" --to none --owner "$OWNER" --reload --unload "nvidia-uvm nvidia"
+	want_ok rollback "rollback to none, unload only"
+	want_absent "$R/sys/module/nvidia" "rollback --reload --unload only"
+	want_absent "$R/sys/module/nvidia_uvm" "rollback --reload --unload only"
+	node rollback --profile nvidia-run --kernel "$K" --to none --owner "$OWNER" --reload
+	want_error 2 usage "rollback --reload needs --modules (to load) or --unload" "rollback --reload with neither"
+	ok "rollback --reload --unload alone: unloaded, nothing loaded (the state before the rollout)"
 }
 
 test_other_kernel() {
