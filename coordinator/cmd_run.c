@@ -31,10 +31,16 @@ static int take_lock(const char *state_dir, int argc_words, char **words, int *f
     int fd, i, off;
 
     snprintf(path, sizeof(path), "%s/run.lock", state_dir);
-    if (stat(state_dir, &st) < 0 && mkdir(state_dir, 0700) < 0 && errno != EEXIST) {
-        fprintf(stderr, "kfleet: cannot create the state directory %s: %s\n", state_dir,
-                strerror(errno));
-        return KF_EXIT_ERROR;
+    if (stat(state_dir, &st) < 0) {
+        /* The state database makes the directory as it wants it (0700). */
+        struct coord_db db;
+        struct kf_err err;
+        kf_err_clear(&err);
+        if (coord_db_open(&db, state_dir, &err) < 0) {
+            fprintf(stderr, "kfleet: %s\n", kf_err_msg(&err));
+            return KF_EXIT_ERROR;
+        }
+        coord_db_close(&db);
     }
     fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -63,8 +69,11 @@ static int take_lock(const char *state_dir, int argc_words, char **words, int *f
     return 0;
 }
 
+static const char *current_step = "";
+
 static void step(const char *what)
 {
+    current_step = what;
     fflush(stdout);
     printf("\n== kfleet run: %s\n", what);
     fflush(stdout);
@@ -164,6 +173,9 @@ out:
         json_dumpf(doc, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
         json_decref(doc);
+    } else if (exit_code == KF_EXIT_USAGE || exit_code == KF_EXIT_ERROR) {
+        printf("\n== kfleet run: stopped at %s (exit status %d): nothing after it ran\n",
+               current_step, exit_code);
     } else {
         printf("\n== kfleet run: done in %.1f s: facts %zu/%zu hosts, builds %zu made, %zu failed, "
                "%zu already stored",
