@@ -175,7 +175,13 @@ void coord_usage(FILE *f, const char *command)
               "  verify  re-hash each package, check its modules against its metadata.json\n"
               "          and, with signing configured, each module's signature\n"
               "  rm      remove the matching packages (needs --driver)\n"
-              "  gc      remove store files the catalog does not know (interrupted writes)\n",
+              "  gc      remove store files the catalog does not know (interrupted writes)\n"
+              "\n"
+              "examples:\n"
+              "  kfleet artifacts list --driver 550.54.15\n"
+              "  kfleet artifacts show --kernel 6.1.0-47-amd64 --json\n"
+              "  kfleet artifacts verify\n"
+              "  kfleet artifacts rm --driver 535.104.05\n",
               f);
         return;
     }
@@ -352,7 +358,13 @@ void coord_usage(FILE *f, const char *command)
               "                       [--cn NAME] [--days N]\n"
               "\n"
               "Creates a module signing key and a DER certificate for MOK enrolment in DIR\n"
-              "(default STATE/keys) and prints the mokutil --import line to run on nodes.\n",
+              "(default STATE/keys) and prints the mokutil --import line to run on nodes.\n"
+              "Then set signing: {key: DIR/signing_key.pem, cert: DIR/signing_cert.der} in\n"
+              "kfleet.yml: every module built after that is signed.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet keys new --dir /etc/kfleet/keys --cn 'GPU fleet module signing'\n"
+              "  kfleet keys new --type p384 --days 3650\n",
               f);
         return;
     }
@@ -361,7 +373,13 @@ void coord_usage(FILE *f, const char *command)
               "\n"
               "Makes the Debian 12 base image on every builder of kfleet.yml (debootstrap from\n"
               "the builder's own apt sources; no registry). kfleet build does this itself\n"
-              "when an image is missing; kernel header layers are made per kernel on first use.\n",
+              "when an image is missing; kernel header layers are made per kernel on first use.\n"
+              "Where a registry is reachable, contrib/builder/Containerfile.debian12 makes the\n"
+              "same image.\n"
+              "\n"
+              "examples:\n"
+              "  kfleet builder image\n"
+              "  kfleet builder image --builder big --force\n",
               f);
         return;
     }
