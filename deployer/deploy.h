@@ -260,9 +260,10 @@ struct deploy_node_opts {
     const char *owner;  /* the lock owner: "rollout-ID@HOST" */
     int reload;         /* load the new modules into the running kernel */
     int auto_rollback;
+    int userspace_check; /* refuse a reload when the NVIDIA userspace driver differs */
     int allow_userspace_mismatch;
     int break_lock;
-    const char *smi;            /* auto, require, skip */
+    const char *smi;            /* auto, require, skip (nvidia-smi after a reload) */
     const char *verify_command; /* NULL: none */
     const char *rollback_to;    /* rollback mode: NULL (prior, else previous), "none", or D */
     const char *modules;        /* the profile's module names, "a b c" (check reports them) */
