@@ -148,7 +148,7 @@ pssh_deploy() { # pssh_deploy NAME PKG TOPDIR
 
 for size in small big; do
 	if [ $size = small ]; then pkg=$pkg_small drv=1.0.0; else pkg=$pkg_big drv=2.0.0; fi
-	top=$(tar -tzf "$pkg" | head -1 | cut -d/ -f1)
+	top=$(tar -tzf "$pkg" | awk -F/ 'NR == 1 { print $1 }')
 	playbook "$pkg" "$top"
 	for run in $(seq "$RUNS"); do
 		reset

@@ -1067,7 +1067,7 @@ static int step_running(struct ssh_conn *c)
 {
     struct attempt *a = c->a;
     struct ssh_exec *x = c->x;
-    int progress = 0, rc, held_back;
+    int progress = 0, rc, held_back, pending, window_shut;
 
     /* stdin: only while the remote window is open and libssh has flushed
      * what it holds, so at most one chunk is buffered per session. */
@@ -1103,14 +1103,18 @@ static int step_running(struct ssh_conn *c)
             return 0;
         }
     }
-    /* Input held back because libssh still held earlier bytes: reading
-     * below flushes them (libssh writes while it polls), and then nothing
-     * wakes us to send the rest, since the peer waits for that input. */
-    held_back = (c->in_sent < x->stdin_len || !c->eof_sent) &&
-                (ssh_get_poll_flags(a->s) & SSH_WRITE_PENDING);
+    /* Input held back, because libssh still held earlier bytes or the
+     * peer's window was full: reading below flushes what libssh holds
+     * (libssh writes while it polls) and takes in the peer's window
+     * adjustments, and then no fd event wakes us to send the rest, since
+     * the peer waits for that input. Either change is progress. */
+    held_back = c->in_sent < x->stdin_len || !c->eof_sent;
+    pending = (ssh_get_poll_flags(a->s) & SSH_WRITE_PENDING) != 0;
+    window_shut = c->in_sent < x->stdin_len && ssh_channel_window_size(a->ch) == 0;
     if (read_stream(c, 0, &progress) < 0 || read_stream(c, 1, &progress) < 0)
         return 0;
-    if (held_back && !(ssh_get_poll_flags(a->s) & SSH_WRITE_PENDING))
+    if (held_back && ((pending && !(ssh_get_poll_flags(a->s) & SSH_WRITE_PENDING)) ||
+                      (window_shut && ssh_channel_window_size(a->ch) > 0)))
         progress = 1;
     if (c->out_eof && c->err_eof) {
         x->exit_status = ssh_channel_get_exit_status(a->ch);
