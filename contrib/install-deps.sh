@@ -13,8 +13,13 @@ libssl-dev libsqlite3-dev libyaml-dev libjansson-dev"
 # Tests: cmocka for unit tests; a real OpenSSH server (and client, for
 # ssh-keygen) for the test fleet; util-linux for unshare; shellcheck for the
 # shell scripts; sqlite3 to inspect the state database from tests.
+# tests/docs/test_contrib.sh: systemd (systemd-analyze verify on the units;
+# nothing is started), groff-base, man-db and mandoc (the manual page
+# rendered and linted), python3-yaml (the GitLab pipeline), dash (the
+# Jenkins stage's sh).
 TEST="libcmocka-dev openssh-server openssh-client util-linux procps shellcheck
-sqlite3 python3 jq sudo iproute2 clang-format openssl busybox"
+sqlite3 python3 jq sudo iproute2 clang-format openssl busybox systemd
+groff-base man-db mandoc python3-yaml dash"
 # Builds: rootful podman with runc (crun refuses hybrid cgroups; runc named
 # on the same apt line is what podman's "crun | runc" takes), debootstrap
 # and the archive keyring for the builder base image; binutils (objcopy)

@@ -510,8 +510,8 @@ int cmd_keys(struct coord_opts *o)
     int rc;
 
     if (o->nargs != 1 || strcmp(o->args[0], "new") != 0) {
-        fprintf(stderr, "kfleet: usage: kfleet keys new [--dir DIR] [--type rsa|p384] [--cn "
-                        "NAME] [--days N]\n");
+        fprintf(stderr, "kfleet: usage: kfleet keys new [--dir DIR] "
+                        "[--type rsa|rsa2048|rsa3072|rsa4096|p384] [--cn NAME] [--days N]\n");
         return KF_EXIT_USAGE;
     }
     if (o->dir == NULL) {

@@ -103,6 +103,11 @@ int cmd_run(struct coord_opts *o)
         fprintf(stderr, "kfleet: run needs --driver VERSION (the driver the fleet should run)\n");
         return KF_EXIT_USAGE;
     }
+    if (o->no_deploy && o->junit != NULL) {
+        fprintf(stderr, "kfleet: --junit reports a deploy's nodes; with --no-deploy there is none "
+                        "(leave one of them out)\n");
+        return KF_EXIT_USAGE;
+    }
     if (o->missing || o->nkernels) {
         fprintf(stderr, "kfleet: run builds what is missing itself; --missing and --kernel are "
                         "build options\n");

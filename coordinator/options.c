@@ -109,6 +109,19 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+static int known_command(const char *c)
+{
+    static const char *const commands[] = {
+        "hosts",    "facts",   "plan",   "build",  "builder", "artifacts", "keys", "deploy",
+        "rollback", "rollout", "doctor", "status", "run",     "version",   "help", NULL};
+    size_t i;
+
+    for (i = 0; commands[i] != NULL; i++)
+        if (strcmp(c, commands[i]) == 0)
+            return 1;
+    return 0;
+}
+
 void coord_usage(FILE *f, const char *command)
 {
     if (command != NULL && strcmp(command, "hosts") == 0) {
@@ -384,23 +397,25 @@ void coord_usage(FILE *f, const char *command)
         return;
     }
     if (command != NULL && strcmp(command, "facts") == 0) {
-        fputs("usage: kfleet facts [-i INVENTORY] [-l PATTERN] [-f FORKS] [--json] [options]\n"
-              "\n"
-              "Gathers every selected node's facts over SSH, in parallel, with ONE remote\n"
-              "command per node: running and installed kernels, architecture, OS, NVIDIA GPUs,\n"
-              "loaded and userspace driver versions, Secure Boot state, what kfleet installed.\n"
-              "Facts are stored in the state database; the report groups hosts by kernel and\n"
-              "failed hosts by reason.\n"
-              "\n"
-              "examples:\n"
-              "  kfleet facts -i inventory.yml\n"
-              "  kfleet facts -l 'gpu*' --forks 200 --json > facts.json\n"
-              "  kfleet facts --accept-new-hostkeys     # first contact: record host keys\n"
-              "  kfleet facts --print-probe             # show the command run on each node\n"
-              "\n"
-              "exit status: 0 every host answered, 1 some hosts failed, 2 usage or\n"
-              "configuration error, 3 internal error (e.g. state database).\n",
-              f);
+        fputs(
+            "usage: kfleet facts [-i INVENTORY] [-l PATTERN] [-f FORKS] [--json] [--print-probe]\n"
+            "                    [options]\n"
+            "\n"
+            "Gathers every selected node's facts over SSH, in parallel, with ONE remote\n"
+            "command per node: running and installed kernels, architecture, OS, NVIDIA GPUs,\n"
+            "loaded and userspace driver versions, Secure Boot state, what kfleet installed.\n"
+            "Facts are stored in the state database; the report groups hosts by kernel and\n"
+            "failed hosts by reason.\n"
+            "\n"
+            "examples:\n"
+            "  kfleet facts -i inventory.yml\n"
+            "  kfleet facts -l 'gpu*' --forks 200 --json > facts.json\n"
+            "  kfleet facts --accept-new-hostkeys     # first contact: record host keys\n"
+            "  kfleet facts --print-probe             # show the command run on each node\n"
+            "\n"
+            "exit status: 0 every host answered, 1 some hosts failed, 2 usage or\n"
+            "configuration error, 3 internal error (e.g. state database).\n",
+            f);
         return;
     }
     fputs("usage: kfleet [OPTIONS] COMMAND [OPTIONS]\n"
@@ -450,8 +465,10 @@ void coord_usage(FILE *f, const char *command)
           "      --progress, --no-progress  live progress line (default: when stderr is a TTY)\n"
           "  -v, --verbose            debug logging; all failure details\n"
           "  -h, --help               help; 'kfleet help facts' for a command\n"
+          "      --version            print the version\n"
           "\n"
-          "Times take a unit: 500ms, 10s, 2m (seconds without one).\n",
+          "Timeouts take a unit: 500ms, 10s, 2m (seconds without one). --pause takes\n"
+          "30s, 10m or 1h (or manual), status --stale 7d, 12h or 30m (days without one).\n",
           f);
 }
 
@@ -712,6 +729,10 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
         }
     }
     if (want_help) {
+        if (optind < argc && !known_command(argv[optind])) {
+            fprintf(stderr, "kfleet: no command '%s' (see kfleet --help)\n", argv[optind]);
+            return KF_EXIT_USAGE;
+        }
         coord_usage(stdout, optind < argc ? argv[optind] : NULL);
         return -1;
     }
@@ -721,6 +742,10 @@ int coord_parse_args(int argc, char **argv, struct coord_opts *o)
     }
     o->command = argv[optind++];
     if (strcmp(o->command, "help") == 0) {
+        if (optind < argc && !known_command(argv[optind])) {
+            fprintf(stderr, "kfleet: no command '%s' (see kfleet --help)\n", argv[optind]);
+            return KF_EXIT_USAGE;
+        }
         coord_usage(stdout, optind < argc ? argv[optind] : NULL);
         return -1;
     }

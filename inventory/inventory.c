@@ -92,7 +92,9 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <pwd.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <strings.h>
 #include <yaml.h>
@@ -2218,8 +2220,16 @@ static int conn_become(struct hctx *hc)
 static int conn_key_file(struct hctx *hc)
 {
     const char *home = getenv("HOME");
+    struct passwd *pw;
     char *k, *full;
     int rc;
+
+    /* ~ is the user's home: $HOME, else the password database (a service
+     * started without HOME). */
+    if (home == NULL || home[0] == '\0') {
+        pw = getpwuid(getuid());
+        home = pw ? pw->pw_dir : NULL;
+    }
 
     if ((rc = conn_string(hc, "ansible_ssh_private_key_file", NULL, &k)) < 0 || k == NULL)
         return rc;

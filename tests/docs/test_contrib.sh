@@ -63,8 +63,8 @@ check() {
 }
 # missing WANT HAVE: the words of WANT that are not in HAVE, one a line.
 missing() {
-	comm -23 <(tr ' \n' '\n\n' <<<"$1" | sed '/^$/d' | sort -u) \
-		<(tr ' \n' '\n\n' <<<"$2" | sed '/^$/d' | sort -u)
+	comm -23 <(tr -s ' ' '\n' <<<"$1" | sed '/^$/d' | sort -u) \
+		<(tr -s ' ' '\n' <<<"$2" | sed '/^$/d' | sort -u)
 }
 # same WHAT A B: the word lists A and B hold the same words.
 same() {
@@ -124,7 +124,7 @@ done
 FOREIGN="--import" # mokutil --import, in kfleet help keys
 # Options in the table that no help text names yet (see the report of
 # issue 5; remove a name here once the help has it).
-KNOWN_HELP_GAPS="--version"
+KNOWN_HELP_GAPS=""
 HELP_OPTS=$(grep -oE -- '--[a-z][a-z0-9-]*' <<<"$HELP_ALL" | sort -u)
 check_help() {
 	local m
@@ -212,14 +212,14 @@ check "doc/kfleet.1: a section for each of $(wc -w <<<"$COMMANDS") commands, an 
 man_facts() {
 	local sec code var f
 	sec=$(awk '/^\.SH / { on = ($0 == ".SH \"EXIT STATUS\"" || $0 == ".SH EXIT STATUS"); next } on' <<<"$MAN_TXT")
-	for code in $(grep -oE 'KF_EXIT_[A-Z]+ = [0-9]+' "$S/coordinator/coordinator.h" | awk '{ print $3 }'); do
+	while read -r code; do
 		grep -qx "\.B $code" <<<"$sec" || echo "EXIT STATUS: no entry for $code (coordinator/coordinator.h)"
-	done
+	done < <(grep -oE 'KF_EXIT_[A-Z]+ = [0-9]+' "$S/coordinator/coordinator.h" | awk '{ print $3 }')
 	sec=$(awk '/^\.SH / { on = ($0 == ".SH ENVIRONMENT"); next } on' <<<"$MAN_TXT")
-	for var in $(cat "$S"/common/*.c "$S"/coordinator/*.c "$S"/inventory/*.c "$S"/deployer/*.c "$S"/builder/*.c |
-		grep -oE 'getenv\("[A-Za-z_]+"\)' | sed 's/getenv("\(.*\)")/\1/' | sort -u); do
+	while read -r var; do
 		grep -qx "\.B $var" <<<"$sec" || echo "ENVIRONMENT: no entry for $var (read with getenv)"
-	done
+	done < <(cat "$S"/common/*.c "$S"/coordinator/*.c "$S"/inventory/*.c "$S"/deployer/*.c "$S"/builder/*.c |
+		grep -oE 'getenv\("[A-Za-z_]+"\)' | sed 's/getenv("\(.*\)")/\1/' | sort -u)
 	sec=$(awk '/^\.SH / { on = ($0 == ".SH FILES"); next } on' <<<"$MAN_TXT")
 	for f in STATE/state.db STATE/store/ STATE/logs/builds/ STATE/logs/rollouts/ STATE/run.lock /var/lib/kfleet/ \
 		/lib/modules/KERNEL/updates/kfleet/; do
@@ -355,7 +355,7 @@ comp_hosts() {
 	want "after ','" "staging,stg1 staging,stg2" 'staging,stg' "$KF" -i "$FLEET" -l 'staging,stg'
 	want "a regex: nothing" "" '~st' "$KF" -i "$FLEET" -l '~st'
 	want "--inventory = FILE" "$stg" stg "$KF" --inventory = "$FLEET" -l stg
-	want "~/ in -i" "$stg" stg "$KF" -i "~/fleet.yml" -l stg
+	want "a leading ~/ in -i" "$stg" stg "$KF" -i \~/fleet.yml -l stg
 	[ "$(COMP_CWD=$T KFLEET_INVENTORY=$FLEET comp stg "$KF" -l stg | words "$(cat)")" = "$(words "$stg")" ] ||
 		echo "\$KFLEET_INVENTORY not used"
 	cp "$FLEET" "$T/empty/inventory.yml"
@@ -474,9 +474,9 @@ unit_settings() {
 	grep -qE '^ProtectHome=(yes|true|tmpfs)$' "$SERVICE" && echo "service: ProtectHome hides root's ~/.ssh"
 	# Every variable the service uses is in kfleet.env, and kfleet.env is
 	# what systemd reads: VAR=value lines and comments.
-	for v in $(grep -v '^#' "$SERVICE" | grep -oE '\$\{?[A-Z_]+' | tr -d '${' | sort -u); do
+	while read -r v; do
 		grep -qE "^$v=" "$ENVF" || echo "kfleet.env does not set $v (the service uses it)"
-	done
+	done < <(grep -v '^#' "$SERVICE" | grep -oE '\$\{?[A-Z_]+' | grep -oE '[A-Z_]+' | sort -u)
 	for v in KFLEET_DRIVER KFLEET_INVENTORY KFLEET_CONFIG KFLEET_OPTIONS; do
 		grep -qE "^$v=" "$ENVF" || echo "kfleet.env does not set $v"
 		grep -qE "^#   $v " "$SERVICE" || echo "the service's header does not document $v"
@@ -535,10 +535,10 @@ inventory_checks() {
 	for g in staging production builders; do
 		[ "$("$KFLEET" hosts -i "$INV" -l "$g" --json | jq length)" -ge 1 ] || echo "group $g selects no host"
 	done
-	for h in $(grep -oE 'host: [A-Za-z0-9._-]+' "$S/contrib/kfleet.yml" | awk '{ print $2 }' | grep -vx local); do
+	while read -r h; do
 		jq -e --arg h "$h" 'any(.[]; .name == $h and (.groups | index("builders")))' <<<"$json" >/dev/null ||
 			echo "contrib/kfleet.yml's builder host $h is not in the builders group"
-	done
+	done < <(grep -oE 'host: [A-Za-z0-9._-]+' "$S/contrib/kfleet.yml" | awk '{ print $2 }' | grep -vx local)
 	[ "$("$KFLEET" hosts -i "$INV" -l 'all:!builders' --json | jq '[.[].groups[]] | index("builders")')" = null ] ||
 		echo "'all:!builders' still selects builders"
 	return 0
