@@ -590,11 +590,7 @@ static void node_report(struct deploy_run *r, struct rnode *rn, struct deploy_no
     if (n->outcome == DO_NONE)
         return;
     if (failed_outcome(r, n->outcome)) {
-        out(r, "  %-9s %s in %.1f s: %s%s%s\n",
-            n->outcome == DO_FAILED        ? "FAILED"
-            : n->outcome == DO_ROLLED_BACK ? "FAILED"
-                                           : "FAILED",
-            rn->host, secs, n->msg,
+        out(r, "  %-9s %s in %.1f s: %s%s%s\n", "FAILED", rn->host, secs, n->msg,
             n->outcome == DO_ROLLED_BACK       ? " -> rolled back, verified"
             : n->outcome == DO_ROLLBACK_FAILED ? " -> ROLLBACK FAILED: "
                                                : "",
@@ -822,9 +818,15 @@ static void stage_summary(struct deploy_run *r)
     for (i = 0; i < r->nnodes; i++)
         if (r->nodes[i].stage == r->ro.stage && r->nodes[i].outcome < 8)
             c[r->nodes[i].outcome]++;
-    out(r, "stage %d/%d: %zu updated, %zu unchanged, %zu skipped, %zu failed (%zu rolled back)\n",
-        r->ro.stage + 1, r->ro.nstages, c[DO_UPDATED], c[DO_UNCHANGED], c[DO_SKIPPED],
-        c[DO_FAILED] + c[DO_ROLLED_BACK] + c[DO_ROLLBACK_FAILED], c[DO_ROLLED_BACK]);
+    if (strcmp(r->ro.kind, "rollback") == 0)
+        out(r, "stage %d/%d: %zu rolled back, %zu unchanged, %zu failed\n", r->ro.stage + 1,
+            r->ro.nstages, c[DO_ROLLED_BACK], c[DO_UNCHANGED],
+            c[DO_FAILED] + c[DO_ROLLBACK_FAILED]);
+    else
+        out(r,
+            "stage %d/%d: %zu updated, %zu unchanged, %zu skipped, %zu failed (%zu rolled back)\n",
+            r->ro.stage + 1, r->ro.nstages, c[DO_UPDATED], c[DO_UNCHANGED], c[DO_SKIPPED],
+            c[DO_FAILED] + c[DO_ROLLED_BACK] + c[DO_ROLLBACK_FAILED], c[DO_ROLLED_BACK]);
 }
 
 static void on_pause_done(uv_timer_t *t)
