@@ -285,6 +285,34 @@ static int pkg_fill_metadata(struct deploy_run *r, struct deploy_pkg *p, struct 
     mods = json_object_get(md, "modules");
     order = json_object_get(md, "load_order");
     signer = json_object_get(md, "signer");
+    /* The package must be for the kernel the catalog files it under: its
+     * metadata and every module's vermagic say so, or the node's loader
+     * would refuse it ("Exec format error") after it was installed. */
+    {
+        const char *kv = json_string_value(json_object_get(md, "kernel_version"));
+        if (kv == NULL || strcmp(kv, p->kernel) != 0) {
+            kf_err_set(err, KF_EUNTRUSTED,
+                       "%s says kernel %s, the catalog files it under %s (kfleet artifacts "
+                       "verify; rebuild it)",
+                       path, kv ? kv : "(none)", p->kernel);
+            json_decref(md);
+            return KF_EUNTRUSTED;
+        }
+        json_array_foreach(mods, i, m)
+        {
+            const char *vm = json_string_value(json_object_get(m, "vermagic"));
+            const char *file = json_string_value(json_object_get(m, "file"));
+            size_t kl = strlen(p->kernel);
+            if (vm == NULL || strncmp(vm, p->kernel, kl) != 0 ||
+                (vm[kl] != ' ' && vm[kl] != '\0')) {
+                kf_err_set(err, KF_EUNTRUSTED,
+                           "%s: module %s is built for '%.64s', not kernel %s (rebuild it)", path,
+                           file ? file : "?", vm ? vm : "", p->kernel);
+                json_decref(md);
+                return KF_EUNTRUSTED;
+            }
+        }
+    }
     if (!json_is_array(mods) || !json_is_array(order) || json_array_size(order) == 0 ||
         json_array_size(order) > DEPLOY_MAX_MODULES) {
         json_decref(md);
@@ -1359,7 +1387,11 @@ static int run_loop(struct deploy_run *r)
     out(r,
         "kfleet %s: rollout %lld, %s %s on %zu node%s in %d stage%s; --forks %u, "
         "--transfer-forks %u, --max-fail %s per stage, --max-fail-total %s%s%s\n",
-        r->ro.kind, r->ro.id, r->prof->name, r->ro.driver[0] ? r->ro.driver : "(previous)",
+        r->ro.kind, r->ro.id, r->prof->name,
+        r->ro.driver[0]                             ? r->ro.driver
+        : r->o->to && strcmp(r->o->to, "none") == 0 ? "to none"
+        : r->o->to                                  ? r->o->to
+                                                    : "to each node's previous release",
         r->nnodes, r->nnodes == 1 ? "" : "s", r->ro.nstages, r->ro.nstages == 1 ? "" : "s",
         r->o->forks, r->xfer_limit,
         r->max_fail.set ? coord_budget_str(&r->max_fail, b1, sizeof(b1)) : "0",

@@ -80,16 +80,19 @@ static int cmd_list(struct coord_opts *o)
         printf("no rollouts yet (kfleet deploy starts one)\n");
     else
         printf("%5s  %-8s  %-14s %-12s %-12s %7s  %5s %7s %6s %6s  %s\n", "ID", "KIND", "PROFILE",
-               "DRIVER", "STATUS", "STAGE", "NODES", "UPDATED", "FAILED", "LEFT", "CREATED");
+               "DRIVER", "STATUS", "STAGE", "NODES", "CHANGED", "FAILED", "LEFT", "CREATED");
     for (i = 0; i < n; i++) {
         struct coord_rollout_node *nv = NULL;
         struct coord_rollout_counts c;
         size_t nn = 0;
         char t[32], stage[24];
+        size_t rb;
         memset(&c, 0, sizeof(c));
         if (coord_journal_nodes(&db, v[i].id, &nv, &nn, &err) == 0)
             coord_rollout_count(nv, nn, -1, &c);
         coord_rollout_nodes_free(nv, nn);
+        /* In a deploy a rolled-back node failed; in a rollback it is done. */
+        rb = strcmp(v[i].kind, "rollback") != 0;
         snprintf(stage, sizeof(stage), "%d/%d", v[i].stage + 1, v[i].nstages);
         if (arr != NULL)
             json_array_append_new(
@@ -98,14 +101,15 @@ static int cmd_list(struct coord_opts *o)
                                "driver", v[i].driver, "status", shown_status(&v[i]), "stage",
                                v[i].stage + 1, "stages", v[i].nstages, "nodes", (json_int_t)c.nodes,
                                "updated", (json_int_t)c.updated, "failed",
-                               (json_int_t)(c.failed + c.rolled_back + c.rollback_failed),
+                               (json_int_t)(c.failed + rb * c.rolled_back + c.rollback_failed),
                                "not_finished", (json_int_t)(c.pending + c.running), "created_at",
                                (json_int_t)v[i].created_at));
         else
             printf("%5lld  %-8s  %-14s %-12s %-12s %7s  %5zu %7zu %6zu %6zu  %s\n", v[i].id,
                    v[i].kind, v[i].profile, v[i].driver[0] ? v[i].driver : "-", shown_status(&v[i]),
-                   stage, c.nodes, c.updated, c.failed + c.rolled_back + c.rollback_failed,
-                   c.pending + c.running, when(v[i].created_at, t, sizeof(t)));
+                   stage, c.nodes, rb ? c.updated : c.rolled_back,
+                   c.failed + rb * c.rolled_back + c.rollback_failed, c.pending + c.running,
+                   when(v[i].created_at, t, sizeof(t)));
         coord_rollout_release(&v[i]);
     }
     if (arr != NULL) {

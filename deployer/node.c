@@ -734,12 +734,24 @@ static void after_rollback(struct deploy_node *n, const struct deploy_result *r)
     struct deploy_kernel *k = &n->k[n->cursor];
 
     if (!r->ok) {
+        char why[600];
+        if (strcmp(r->word, "modprobe") == 0) {
+            const char *sp = strchr(r->msg, ' ');
+            snprintf(why, sizeof(why), "loading %.*s failed: %s",
+                     sp ? (int)(sp - r->msg) : (int)strlen(r->msg), r->msg, sp ? sp + 1 : "");
+        } else {
+            snprintf(why, sizeof(why), "%s: %s", r->word, r->msg);
+        }
         if (n->o->mode == DEPLOY_MODE_ROLLBACK)
-            fail_note(n, result_code(r), "rollback %s: %s: %s", k->kernel, r->word, r->msg);
+            fail_note(n, result_code(r), "rollback %s: %s", k->kernel, why);
         n->rollback_failed = 1;
-        logf_(n, "rollback of %s failed: %s: %s", k->kernel, r->word, r->msg);
-        snprintf(n->note, sizeof(n->note), "rollback of %s failed: %s", k->kernel, r->msg);
-        enter_undrain(n);
+        logf_(n, "rollback of %s failed: %s", k->kernel, why);
+        snprintf(n->note, sizeof(n->note), "rollback of %s failed: %s", k->kernel, why);
+        /* The node's other kernels are still put back: one bad kernel
+         * does not leave the rest half done. */
+        k->rollback = 0;
+        n->cursor++;
+        advance(n);
         return;
     }
     k->rollback = 0;
@@ -904,6 +916,10 @@ static void outcome_versions(struct deploy_node *n)
     snprintf(n->versions, sizeof(n->versions), "?");
     if (rk == NULL)
         return;
+    if (n->rollback_failed) {
+        snprintf(n->versions, sizeof(n->versions), "unknown (rollback failed)");
+        return;
+    }
     if (n->outcome == DO_UPDATED || n->outcome == DO_UNCHANGED) {
         if (n->o->mode == DEPLOY_MODE_INSTALL)
             snprintf(n->versions, sizeof(n->versions), "%s", rk->pkg ? rk->pkg->driver : "none");
@@ -973,8 +989,11 @@ static int pkg_unsigned_under_sb(struct deploy_node *n, char *which, size_t whic
 
     if (!sb)
         return 0;
+    /* A package the node holds already is refused too when it is to be
+     * loaded: the running kernel would refuse its modules just the same. */
     for (i = 0; i < n->nk; i++)
-        if (n->k[i].install && n->k[i].pkg && !n->k[i].pkg->is_signed) {
+        if ((n->k[i].install || (n->k[i].running && n->need_reload)) && n->k[i].pkg &&
+            !n->k[i].pkg->is_signed) {
             snprintf(which, whichsz, "%s", n->k[i].kernel);
             return 1;
         }
@@ -1370,17 +1389,13 @@ static void advance(struct deploy_node *n)
                 return;
         }
         if (n->rb_phase == 1) {
-            if (n->rollback_failed) {
-                n->rb_phase = 3;
-            } else if (step_rollback(n)) {
+            if (step_rollback(n))
                 return;
-            } else {
-                n->rb_phase = 2;
-                n->cursor = 0;
-            }
+            n->rb_phase = 2;
+            n->cursor = 0;
         }
         if (n->rb_phase == 2) {
-            if (!n->rollback_failed && step_rollback_verify(n))
+            if (step_rollback_verify(n))
                 return;
             n->rb_phase = 3;
         }

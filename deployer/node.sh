@@ -741,17 +741,39 @@ unload_modules() {
 }
 
 # load_modules LIST: modprobe of each, in order.
+# kernel_says NAME: REPLY = the kernel log's last line about NAME or about
+# module loading ("Loading of module with unavailable key is rejected"),
+# "" when there is none or no dmesg: the kernel's reason, which modprobe's
+# "Key was rejected by service" or "Exec format error" does not give.
+kernel_says() {
+	REPLY=
+	have dmesg || return 0
+	_ks=$(dmesg 2>/dev/null | grep -E "$1|[Ll]oading of |module verification|disagrees about version" | tail -n 1)
+	oneline "$_ks"
+	REPLY=$(printf '%s' "$REPLY" | sed 's/^\[[ 0-9.]*\] //')
+}
+
+# load_modules LIST [optional]: modprobe each, in order. With "optional"
+# (a rollback to none), a module that is nowhere on the system is left
+# out: the node goes back to having none, as before kfleet.
 load_modules() {
 	set -f
 	for _lm in $1; do
 		set +f
+		if [ "${2:-}" = optional ] && ! kmod_modprobe -n -q "$_lm" </dev/null >/dev/null 2>&1; then
+			say "$_lm is nowhere on the system now: not loaded"
+			continue
+		fi
 		_out=$(kmod_modprobe "$_lm" 2>&1 </dev/null)
 		_rc=$?
 		if [ "$_rc" != 0 ]; then
 			relay "$_out"
 			oneline "$_out"
 			[ -n "$REPLY" ] || REPLY="modprobe exited with status $_rc"
-			die modprobe "$_lm $REPLY"
+			_why=$REPLY
+			kernel_says "$_lm"
+			[ -z "$REPLY" ] || _why="$_why (kernel: $REPLY)"
+			die modprobe "$_lm $_why"
 		fi
 		mod_version "$_lm"
 		say "loaded $_lm ($REPLY)"
@@ -1372,6 +1394,20 @@ do_receive() {
 # ---------------------------------------------------------------------------
 # install
 
+# vermagic_check PKGDIR KERNEL: every module of the package was built for
+# KERNEL (the first word of its vermagic), as the kernel's loader will check:
+# a package catalogued for the wrong kernel is refused here, before anything
+# is installed (the node, not the catalog, is the judge).
+vermagic_check() {
+	for _vk in "$1"/modules/*.ko; do
+		[ -f "$_vk" ] || continue
+		_vm=$(tr '\000' '\n' <"$_vk" 2>/dev/null | sed -n 's/^vermagic=//p' | head -n 1)
+		_vm=${_vm%% *}
+		[ "$_vm" = "$2" ] ||
+			die package "${_vk##*/} is built for kernel ${_vm:-(no vermagic)}, not $2: this package is not for this kernel (kfleet artifacts verify; rebuild it)"
+	done
+}
+
 do_install() {
 	need_root
 	need_tools sh cat cp mv rm mkdir sha256sum depmod
@@ -1383,6 +1419,7 @@ do_install() {
 		die missing "release $O_DRIVER for $O_KERNEL is not on the node (or not complete): receive it first"
 	[ "$RH_SHA" = "$O_SHA" ] ||
 		die missing "release $O_DRIVER for $O_KERNEL on the node has sha256 $RH_SHA, not $O_SHA: receive it again"
+	vermagic_check "$KL/releases/$O_DRIVER/$O_KERNEL/pkg" "$O_KERNEL"
 
 	run_pkg "$KL/releases/$O_DRIVER/$O_KERNEL/pkg/install.sh" ||
 		die package "install.sh of $O_DRIVER for $O_KERNEL failed: $LAST"
@@ -1628,7 +1665,7 @@ do_rollback() {
 
 	if [ "$F_RELOAD" = 1 ]; then
 		unload_modules "$_ul"
-		load_modules "$O_MODULES"
+		if [ "$O_TO" = none ]; then load_modules "$O_MODULES" optional; else load_modules "$O_MODULES"; fi
 		print_loaded "$O_MODULES"
 	fi
 	rec "rolledback $O_KERNEL $_from $O_TO"

@@ -294,11 +294,13 @@ EOF
 	cat >"$T/bin/modprobe" <<'EOF'
 #!/bin/bash
 set -u
-ctl=$KF_STUB_CTL root='' remove=0
+ctl=$KF_STUB_CTL root='' remove=0 dry=0 quiet=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-d) root=$2; shift 2 ;;
 	-r) remove=1; shift ;;
+	-n) dry=1; shift ;;
+	-q) quiet=1; shift ;;
 	-*) echo "modprobe stub: unknown option $1" >&2; exit 99 ;;
 	*) break ;;
 	esac
@@ -319,6 +321,15 @@ if [ "$remove" = 1 ]; then
 	rm -rf "${sys:?}/$name"
 	rmdir "$sys"/*/holders/"$name" 2>/dev/null
 	exit 0
+fi
+if [ "$dry" = 1 ]; then
+	# -n: is there such a module (in modules.dep)? Nothing is loaded.
+	while IFS= read -r l; do
+		b=${l%%:*}; b=${b##*/}; b=${b%.ko}; b=${b//-/_}
+		[ "$b" = "$name" ] && exit 0
+	done <"$root/lib/modules/$k/modules.dep" 2>/dev/null
+	[ "$quiet" = 1 ] || echo "modprobe: FATAL: Module $arg not found in directory /lib/modules/$k" >&2
+	exit 1
 fi
 echo "modprobe $arg" >>"$ctl/calls"
 if [ -f "$ctl/modprobe_fail_$name" ]; then
@@ -1073,10 +1084,12 @@ current $K $DRV_C $SHA_C nvidia-run"
 	want_ok rollback "rollback back to C"
 	want_line "loaded nvidia-uvm $DRV_C" "rollback back to C"
 	node rollback --profile nvidia-run --kernel "$K" --to none --owner "$OWNER" --reload --modules "nvidia nvidia-uvm"
-	want_error 14 modprobe "nvidia-uvm modprobe: FATAL: Module nvidia-uvm not found in directory /lib/modules/$K" \
-		"rollback to none, a module that is nowhere"
+	want_ok rollback "rollback to none, a module that is nowhere"
+	want_line "loaded nvidia 525.147.05" "rollback to none: the distribution's nvidia"
+	want_line "loaded nvidia-uvm none" "rollback to none: nvidia-uvm is nowhere, not loaded"
+	want_err "nvidia-uvm is nowhere on the system now: not loaded" "rollback to none, a module that is nowhere"
 	rm -f "$R/lib/modules/$K/kernel/drivers/video/nvidia.ko"
-	ok "rollback --to none --reload: the distribution's module loads; one that is nowhere is exit 14"
+	ok "rollback --to none --reload: the distribution's module loads; one that is nowhere is left out (as before kfleet)"
 
 	# A node that had nothing loaded before the rollout: --reload with only
 	# --unload unloads and loads nothing.
@@ -1137,6 +1150,23 @@ previous $K2 $DRV_AK2 $SHA_AK2 nvidia-run" "rollback of K2 to none: state"
 		"install for a kernel not installed"
 	want_absent "$R/lib/modules/6.1.0-99-amd64" "install for a kernel not installed"
 	ok "install for an installed kernel that is not running: its updates/kfleet, depmod, two current lines; a kernel not on the node: exit 16"
+}
+
+test_wrong_kernel() {
+	local before
+	# A package whose modules were built for another kernel, catalogued
+	# (and received) for this one: install refuses it before changing
+	# anything.
+	# shellcheck disable=SC2034 # read by receive and install_pkg, through v KER_WK
+	KER_WK=$K
+	receive WK
+	want_ok receive "receive of a package built for another kernel"
+	before=$(snapshot)
+	install_pkg WK
+	want_error 17 package "nvidia.ko is built for kernel 6.1.0-99-amd64, not $K: this package is not for this kernel (kfleet artifacts verify; rebuild it)" \
+		"install of a package built for another kernel"
+	[ "$(snapshot)" = "$before" ] || fail "install of a package for another kernel changed the node"
+	ok "install refuses a package whose modules' vermagic names another kernel; nothing changed"
 }
 
 test_lock() {
@@ -1299,6 +1329,7 @@ mkpkg A2 550.54.15 "$K" --salt rebuilt nvidia nvidia-modeset:nvidia nvidia-drm:d
 mkpkg B 550.90.07 "$K" nvidia nvidia-modeset:nvidia nvidia-drm:drm,nvidia-modeset nvidia-uvm:nvidia
 mkpkg C 535.183.01 "$K" nvidia nvidia-modeset:nvidia nvidia-drm:drm,nvidia-modeset nvidia-uvm:nvidia
 mkpkg AK2 550.54.15 "$K2" nvidia nvidia-uvm:nvidia
+mkpkg WK 7.7.7 6.1.0-99-amd64 nvidia
 ok "packages made with build_package_write (fixture modules and generated ones)"
 make_root
 test_usage
@@ -1309,6 +1340,7 @@ test_load
 test_verify
 test_rollback
 test_other_kernel
+test_wrong_kernel
 test_lock
 test_log
 test_shells
