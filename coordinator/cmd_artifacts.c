@@ -289,6 +289,17 @@ static void verify_archive(struct art_ctx *c, const struct coord_artifact *a, st
             if (sha == NULL || strcmp(sha, mem[i].sha256) != 0)
                 buf_printf(why, "modules/%s: sha256 %.12s, metadata.json says %.12s; ", file,
                            mem[i].sha256, sha ? sha : "(none)");
+            if (mem[i].tmp != NULL) {
+                /* The module's own vermagic, as the kernel's loader reads it. */
+                struct build_modinfo mi;
+                struct kf_err err;
+                kf_err_clear(&err);
+                if (build_modinfo_read(mem[i].tmp, &mi, &err) < 0)
+                    buf_printf(why, "modules/%s: %s; ", file, kf_err_msg(&err));
+                else if (!build_vermagic_matches(mi.vermagic, a->kernel))
+                    buf_printf(why, "modules/%s is built for '%.64s', not kernel %s; ", file,
+                               mi.vermagic, a->kernel);
+            }
             if (json_is_true(json_object_get(m, "signed")) && c->cfg.sign_cert && mem[i].tmp) {
                 struct kf_err err;
                 if (build_verify_module_signature(mem[i].tmp, c->cfg.sign_cert, &err) < 0)

@@ -1076,13 +1076,9 @@ static void profile_modules(struct deploy_run *r)
         size_t n = 0;
         struct kf_err err;
         kf_err_clear(&err);
-        if (coord_db_artifact_list(&r->db, r->prof->name, NULL, NULL, &a, &n, &err) == 0 && n > 0) {
-            struct deploy_pkg p;
-            memset(&p, 0, sizeof(p));
-            snprintf(p.path, sizeof(p.path), "%s", a[n - 1].path);
-            if (pkg_fill_metadata(r, &p, &err) == 0)
-                snprintf(r->modules, sizeof(r->modules), "%s", p.load);
-        }
+        if (coord_db_artifact_list(&r->db, r->prof->name, NULL, NULL, &a, &n, &err) == 0 && n > 0 &&
+            coord_store_load_order(a[n - 1].path, r->modules, sizeof(r->modules), &err) < 0)
+            log_warn("the profile's modules are unknown: %s", kf_err_msg(&err));
         free(a);
     }
 }
