@@ -363,6 +363,7 @@ struct deploy_node {
     struct kf_proc *hook_proc;
     int hook_which; /* 0 drain, 1 undrain */
     int failed_step;
+    unsigned nactions; /* node.sh actions run: a bound against a looping step */
     char vmod[KF_MODNAME_MAX + 1];
     uv_timer_t defer;
     int defer_init;

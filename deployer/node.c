@@ -264,6 +264,15 @@ static void run_action(struct deploy_node *n, const char *action, const struct a
 {
     int rc;
 
+    /* A node runs a few actions per kernel: a count far past that is a
+     * loop in this state machine, stopped rather than left to spin. */
+    if (++n->nactions > 64 + 16 * DEPLOY_MAX_KERNELS) {
+        fail_hard(n, KF_EINVAL,
+                  "stopped after %u node.sh actions on this node: a kfleet bug (the step "
+                  "sequence did not end); the node is as the last action left it",
+                  n->nactions - 1);
+        return;
+    }
     if (n->x_init) {
         ssh_exec_release(&n->x);
         n->x_init = 0;
@@ -776,6 +785,8 @@ static int step_rollback(struct deploy_node *n)
          * loaded gets them loaded again; one that had none gets none. A
          * rollback asked by hand (no prior state) loads them. */
         load_after = reload && (n->prior.set ? n->prior.loaded : 1);
+        if (reload && unload_list(n, unload, sizeof(unload))[0] == '\0' && load_list(n)[0] == '\0')
+            reload = load_after = 0; /* no module is known to unload or load */
         if (set_state(n, DS_ROLLBACK, "%s to %s%s", k->kernel, k->target[0] ? k->target : "none",
                       load_after ? ", reload"
                       : reload   ? ", unload"
@@ -786,9 +797,10 @@ static int step_rollback(struct deploy_node *n)
         arg2(&a, "--to", k->target[0] ? k->target : "none");
         if (reload) {
             arg1(&a, "--reload");
-            if (load_after)
+            if (load_after && load_list(n)[0] != '\0')
                 arg2(&a, "--modules", load_list(n));
-            arg2(&a, "--unload", unload_list(n, unload, sizeof(unload)));
+            if (unload_list(n, unload, sizeof(unload))[0] != '\0')
+                arg2(&a, "--unload", unload);
             k->reload_rb = load_after;
         }
         owner_args(n, &a);
@@ -798,39 +810,51 @@ static int step_rollback(struct deploy_node *n)
     return 0;
 }
 
+/* A kernel whose rollback did not verify: noted, and the others are still
+ * verified (each kernel's verification runs once: verify_rb is cleared). */
+static void rollback_unverified(struct deploy_node *n, struct deploy_kernel *k, const char *why)
+{
+    n->rollback_failed = 1;
+    snprintf(n->note, sizeof(n->note), "%s", why);
+    logf_(n, "%s", why);
+    if (n->o->mode == DEPLOY_MODE_ROLLBACK)
+        fail_note(n, KF_ECMD, "%s", why);
+    k->verify_rb = 0;
+    n->cursor++;
+    advance(n);
+}
+
 /* Verifying a kernel put back to "none": its current line is gone. */
 static void after_rollback_check(struct deploy_node *n, const struct deploy_result *r)
 {
     struct deploy_kernel *k = &n->k[n->cursor];
     struct deploy_check c;
     struct kf_err err;
+    char why[sizeof(n->note)];
 
     kf_err_clear(&err);
     if (!r->ok ||
         deploy_check_parse(n->x.out.data ? n->x.out.data : "", n->x.out.len, &c, &err) < 0) {
-        n->rollback_failed = 1;
-        snprintf(n->note, sizeof(n->note), "after the rollback of %s the node check failed: %s",
-                 k->kernel, r->ok ? kf_err_msg(&err) : r->msg);
-    } else if (deploy_check_current(&c, k->kernel) != NULL) {
-        n->rollback_failed = 1;
-        snprintf(n->note, sizeof(n->note),
+        snprintf(why, sizeof(why), "after the rollback of %s the node check failed: %s", k->kernel,
+                 r->ok ? kf_err_msg(&err) : r->msg);
+        rollback_unverified(n, k, why);
+        return;
+    }
+    if (deploy_check_current(&c, k->kernel) != NULL) {
+        snprintf(why, sizeof(why),
                  "after the rollback of %s to none, kfleet's release is still current", k->kernel);
-    } else if (k->reload_rb && n->prior.loaded && n->prior.loaded_version[0]) {
+        rollback_unverified(n, k, why);
+        return;
+    }
+    if (k->reload_rb && n->prior.loaded && n->prior.loaded_version[0]) {
         const struct deploy_loaded *l = deploy_check_loaded(&c, version_module(n));
         if (l == NULL || !l->loaded || strcmp(l->version, n->prior.loaded_version) != 0) {
-            n->rollback_failed = 1;
-            snprintf(n->note, sizeof(n->note),
-                     "after the rollback of %s, %s is %s%s, not %s as before", k->kernel,
-                     version_module(n), l && l->loaded ? "at " : "not loaded",
+            snprintf(why, sizeof(why), "after the rollback of %s, %s is %s%s, not %s as before",
+                     k->kernel, version_module(n), l && l->loaded ? "at " : "not loaded",
                      l && l->loaded ? l->version : "", n->prior.loaded_version);
+            rollback_unverified(n, k, why);
+            return;
         }
-    }
-    if (n->rollback_failed) {
-        logf_(n, "%s", n->note);
-        if (n->o->mode == DEPLOY_MODE_ROLLBACK)
-            fail_note(n, KF_ECMD, "%s", n->note);
-        enter_undrain(n);
-        return;
     }
     k->verify_rb = 0;
     n->cursor++;
@@ -840,15 +864,12 @@ static void after_rollback_check(struct deploy_node *n, const struct deploy_resu
 static void after_rollback_verify(struct deploy_node *n, const struct deploy_result *r)
 {
     struct deploy_kernel *k = &n->k[n->cursor];
+    char why[sizeof(n->note)];
 
     if (!r->ok) {
-        n->rollback_failed = 1;
-        snprintf(n->note, sizeof(n->note), "after the rollback of %s to %s: %s", k->kernel,
-                 k->target, r->msg[0] ? r->msg : r->word);
-        logf_(n, "%s", n->note);
-        if (n->o->mode == DEPLOY_MODE_ROLLBACK)
-            fail_note(n, KF_ECMD, "%s", n->note);
-        enter_undrain(n);
+        snprintf(why, sizeof(why), "after the rollback of %s to %s: %s", k->kernel, k->target,
+                 r->msg[0] ? r->msg : r->word);
+        rollback_unverified(n, k, why);
         return;
     }
     k->verify_rb = 0;
