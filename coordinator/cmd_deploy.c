@@ -292,9 +292,9 @@ static int pkg_fill_metadata(struct deploy_run *r, struct deploy_pkg *p, struct 
         const char *kv = json_string_value(json_object_get(md, "kernel_version"));
         if (kv == NULL || strcmp(kv, p->kernel) != 0) {
             kf_err_set(err, KF_EUNTRUSTED,
-                       "%s says kernel %s, the catalog files it under %s (kfleet artifacts "
-                       "verify; rebuild it)",
-                       path, kv ? kv : "(none)", p->kernel);
+                       "its metadata.json says kernel %s, the catalog files it under %s (kfleet "
+                       "artifacts verify; rebuild it)",
+                       kv ? kv : "(none)", p->kernel);
             json_decref(md);
             return KF_EUNTRUSTED;
         }
@@ -306,8 +306,10 @@ static int pkg_fill_metadata(struct deploy_run *r, struct deploy_pkg *p, struct 
             if (vm == NULL || strncmp(vm, p->kernel, kl) != 0 ||
                 (vm[kl] != ' ' && vm[kl] != '\0')) {
                 kf_err_set(err, KF_EUNTRUSTED,
-                           "%s: module %s is built for '%.64s', not kernel %s (rebuild it)", path,
-                           file ? file : "?", vm ? vm : "", p->kernel);
+                           "its module %s is built for kernel %.*s, not kernel %s (kfleet "
+                           "artifacts verify; rebuild it)",
+                           file ? file : "?", vm ? (int)strcspn(vm, " ") : 6, vm ? vm : "(none)",
+                           p->kernel);
                 json_decref(md);
                 return KF_EUNTRUSTED;
             }

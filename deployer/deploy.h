@@ -302,7 +302,7 @@ struct deploy_node_ops {
 struct deploy_kernel {
     char kernel[KF_KREL_MAX + 1];
     const struct deploy_pkg *pkg; /* NULL: not applicable */
-    char na_reason[160];
+    char na_reason[400];
     int running;
     int transfer, install;          /* install mode: steps to do */
     int verify;                     /* verify it at the target (the rollout moves it) */

@@ -1074,7 +1074,7 @@ static int plan_install(struct deploy_node *n)
         struct deploy_kernel *k = &n->k[i];
         const struct deploy_rel *cur;
         const struct deploy_prior_kernel *pk;
-        char reason[160] = "";
+        char reason[400] = "";
         int r = n->ops->pick(n, k->kernel, c->arch, c->os_id, c->os_version, &k->pkg, reason,
                              sizeof(reason));
         if (r < 0) {
@@ -1082,6 +1082,10 @@ static int plan_install(struct deploy_node *n)
             snprintf(k->na_reason, sizeof(k->na_reason), "%s", reason);
             logf_(n, "kernel %s: not applicable: %s", k->kernel, reason);
             continue;
+        }
+        if (r == 0 && strncmp(reason, "the stored package", 18) == 0) {
+            skip(n, "kernel %s: %s", k->kernel, reason);
+            return 1;
         }
         if (r == 0) {
             skip(n, "no artifact for kernel %s (%s, %s %s): %s", k->kernel, c->arch,

@@ -510,6 +510,20 @@ const struct deploy_loaded *deploy_check_loaded(const struct deploy_check *c, co
 
 /* ---- results -------------------------------------------------------------------- */
 
+/* The node's message, display-safe, as much of it as out holds (kf_escape_to
+ * keeps a quarter, for text that may be all escapes). */
+static void escape_into(char *out, size_t outsz, const char *s, size_t n)
+{
+    struct buf b;
+
+    buf_init(&b, 0);
+    if (kf_escape(&b, s, n, outsz / 2) == 0 && b.len < outsz)
+        snprintf(out, outsz, "%s", buf_cstr(&b));
+    else
+        kf_escape_to(out, outsz, s, n);
+    buf_release(&b);
+}
+
 void deploy_result_parse(const char *out, size_t len, const char *action, int exit_status,
                          struct deploy_result *r)
 {
@@ -549,7 +563,7 @@ void deploy_result_parse(const char *out, size_t len, const char *action, int ex
             memcpy(r->word, w, wn);
             r->word[wn] = '\0';
             rest = sp ? last_n - 6 - wn - 1 : 0;
-            kf_escape_to(r->msg, sizeof(r->msg), sp ? sp + 1 : "", rest);
+            escape_into(r->msg, sizeof(r->msg), sp ? sp + 1 : "", rest);
             if (exit_status == 0)
                 r->exit_status = -1; /* an error line with exit 0 is not a success */
             return;
