@@ -776,6 +776,7 @@ static int step_rollback(struct deploy_node *n)
         struct deploy_kernel *k = &n->k[n->cursor];
         struct args a = {{0}, 0};
         char unload[DEPLOY_MAX_MODULES * (KF_MODNAME_MAX + 1)];
+        const char *ul;
         int reload, load_after;
         if (!k->rollback)
             continue;
@@ -785,7 +786,8 @@ static int step_rollback(struct deploy_node *n)
          * loaded gets them loaded again; one that had none gets none. A
          * rollback asked by hand (no prior state) loads them. */
         load_after = reload && (n->prior.set ? n->prior.loaded : 1);
-        if (reload && unload_list(n, unload, sizeof(unload))[0] == '\0' && load_list(n)[0] == '\0')
+        ul = unload_list(n, unload, sizeof(unload));
+        if (reload && ul[0] == '\0' && load_list(n)[0] == '\0')
             reload = load_after = 0; /* no module is known to unload or load */
         if (set_state(n, DS_ROLLBACK, "%s to %s%s", k->kernel, k->target[0] ? k->target : "none",
                       load_after ? ", reload"
@@ -799,8 +801,8 @@ static int step_rollback(struct deploy_node *n)
             arg1(&a, "--reload");
             if (load_after && load_list(n)[0] != '\0')
                 arg2(&a, "--modules", load_list(n));
-            if (unload_list(n, unload, sizeof(unload))[0] != '\0')
-                arg2(&a, "--unload", unload);
+            if (ul[0] != '\0')
+                arg2(&a, "--unload", ul);
             k->reload_rb = load_after;
         }
         owner_args(n, &a);

@@ -417,3 +417,26 @@ assert st["node111"] == 1 and sorted(v for k, v in st.items() if k != "node111")
 assert json.loads(json.dumps(d["options"]))["seed"] != 0
 PY
 ok "--canary node111 is stage 1; --shuffle records its seed for resume"
+
+# ---- a rollback that fails on one kernel still puts the others back -----------
+# node012 runs one kernel and has another installed, both at 1.0.1 (1.0.0
+# previous). Its running kernel's reload fails: that kernel's rollback
+# fails, the installed one is still put back and verified, and the node ends.
+echo "modprobe_fail=kfleet_drm" >>"$(conf node012)"
+rc=0
+timeout 300 "$KFLEET" -i "$FLEET/inventory.yml" --known-hosts "$FLEET/known_hosts" --ssh-config none \
+	--state "$WORK/state" --config "$WORK/kfleet.yml" rollback --profile testdrv -l node012 --reload \
+	--json >"$WORK/rbf.json" 2>"$WORK/rbf.err" || rc=$?
+sed -i '/^modprobe_fail=/d' "$(conf node012)"
+# (a rollback has a failure budget too: its one stage, over --max-fail 0, halts)
+[ "$rc" = 4 ] || { cat "$WORK/rbf.err"; fail "a rollback failing on one kernel: exit $rc, want 4"; }
+python3 - "$WORK/rbf.json" "$FLEET" <<'PY' || { cat "$WORK/rbf.err"; fail "rollback failing on one kernel"; }
+import json, sys
+d, fleet = json.load(open(sys.argv[1])), sys.argv[2]
+n = d["nodes"][0]
+assert n["outcome"] == "failed" and "loading kfleet_drm failed" in n["error"]["message"], n
+state = open(f"{fleet}/nodes/node012/fs/var/lib/kfleet/state").read().split("\n")
+cur = [l.split()[2] for l in state if l.startswith("current ")]
+assert len(cur) == 2 and cur == ["1.0.0", "1.0.0"], state
+PY
+ok "a rollback whose reload fails on the running kernel still puts the installed kernel back, and ends"
