@@ -323,11 +323,16 @@ static int conn_settings(struct ssh_conn *c, const struct ssh_target *t)
     /* libssh keeps IdentityFile entries from the config in front of its
      * built-in defaults, which it spells "%d/id_...": the first entry tells
      * whether the config named a key. */
+    v = NULL;
+    if (t->key_file == NULL && ssh_options_get(tmp, SSH_OPTIONS_IDENTITY, &v) == SSH_OK &&
+        strncmp(v, "%d/", 3) == 0) {
+        ssh_string_free_char(v);
+        v = NULL;
+    }
     if (t->key_file != NULL) {
         if (strv_push(&c->keys, &c->nkeys, expand_home(e->home, t->key_file)) < 0)
             goto out;
-    } else if (ssh_options_get(tmp, SSH_OPTIONS_IDENTITY, &v) == SSH_OK &&
-               strncmp(v, "%d/", 3) != 0) {
+    } else if (v != NULL) {
         rc = strv_push(&c->keys, &c->nkeys, expand_home(e->home, v));
         ssh_string_free_char(v);
         if (rc < 0)
