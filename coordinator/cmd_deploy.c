@@ -335,15 +335,11 @@ static int pkg_fill_metadata(struct deploy_run *r, struct deploy_pkg *p, struct 
     p->version_module[0] = '\0';
     json_array_foreach(mods, i, m)
     {
-        const char *name = json_string_value(json_object_get(m, "name"));
-        const char *ver = json_string_value(json_object_get(m, "version"));
         json_t *sz = json_object_get(m, "size");
         if (json_is_integer(sz))
             p->module_bytes += (uint64_t)json_integer_value(sz);
         if (!json_is_true(json_object_get(m, "signed")))
             all_signed = 0;
-        (void)name;
-        (void)ver;
     }
     /* The version module: the first in load order that has a version. */
     for (j = 0; j < nnames && !p->version_module[0]; j++)
@@ -514,8 +510,9 @@ static void on_transfer_wait(struct deploy_node *n, const struct deploy_pkg *pkg
     rn->wait_pkg = entry_of(r, pkg);
     rn->wait_next = NULL;
     if (rn->wait_pkg == NULL) {
-        /* every package a node gets came from on_pick */
-        rn->wait_pkg = NULL;
+        /* Every package a node gets comes from on_pick: this is a bug, and
+         * the node says so rather than wait for ever. */
+        deploy_node_transfer_fail(n, KF_EINVAL, "internal error: a package not from the catalog");
         return;
     }
     if (r->xq_tail != NULL)
@@ -563,7 +560,6 @@ static int on_journal(struct deploy_node *n, enum deploy_state s, const char *de
     struct rnode *rn = n->data;
     struct deploy_run *r = rn->run;
     struct kf_err err;
-    char secs[32];
     int rc;
 
     kf_err_clear(&err);
@@ -572,7 +568,6 @@ static int on_journal(struct deploy_node *n, enum deploy_state s, const char *de
     if (r->db_error)
         return -1;
     if (s == DS_DONE) {
-        snprintf(secs, sizeof(secs), "%s", "");
         rc = coord_journal_node_end(&r->db, r->ro.id, rn->host, deploy_outcome_name(n->outcome),
                                     n->code ? kf_errname(n->code) : NULL, n->phase,
                                     n->msg[0] ? n->msg : NULL, n->note[0] ? n->note : NULL,
@@ -888,6 +883,8 @@ static void rollback_stage_start(struct deploy_run *r)
     r->rb_pass = 1;
     coord_fanout_init(&r->fan, r->npass, r->o->forks, start_node, r);
     coord_fanout_pump(&r->fan);
+    if (r->fan.running == 0 && r->fan.next == r->fan.total)
+        stage_end(r); /* every node ended as it started */
 }
 
 static void stage_end(struct deploy_run *r)
