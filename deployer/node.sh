@@ -1441,6 +1441,21 @@ do_install() {
 		rm -rf "$_rd" || die env "cannot remove ${_rd#"$KL"/}"
 		rmdir "${_rd%/*}" 2>/dev/null
 	done
+	# Nor do the releases of kernels removed from the node (an autoremoved
+	# old kernel): nothing can install or roll back to them, and kept
+	# they would fill the disk, one or two packages per kernel ever run.
+	for _rd in "$KL"/releases/*/*; do
+		[ -d "$_rd" ] || continue
+		_rk=${_rd##*/}
+		valid_kernel "$_rk" || continue
+		[ ! -d "$ROOT/lib/modules/$_rk" ] || continue
+		_rdrv=${_rd%/*}
+		_rdrv=${_rdrv##*/}
+		valid_driver "$_rdrv" || continue
+		say "removing the release $_rdrv for $_rk (that kernel is no longer installed)"
+		rm -rf "$_rd" || die env "cannot remove ${_rd#"$KL"/}"
+		rmdir "${_rd%/*}" 2>/dev/null
+	done
 	rec "installed $O_KERNEL $O_DRIVER $O_SHA"
 	finish 0
 }

@@ -808,6 +808,22 @@ previous $K $DRV_B $SHA_B nvidia-run"
 	want_line "held $DRV_B $K $SHA_B" "check after install C"
 	want_no_line "^held $DRV_A " "check after install C"
 	ok "install of a third driver: releases neither current nor previous pruned; bad state lines dropped"
+
+	# A kernel autoremoved since: its releases go at the next install.
+	mkdir -p "$R/lib/modules/6.0.0-gone-amd64"
+	receive D
+	want_ok receive "receive D (for a kernel about to be removed)"
+	rm -rf "$R/lib/modules/6.0.0-gone-amd64"
+	install_pkg C
+	want_ok install "install C again, a kernel gone"
+	want_absent "$R/var/lib/kfleet/releases/$DRV_D" "install prunes the release of a kernel no longer installed"
+	[ -f "$R/var/lib/kfleet/releases/$DRV_C/$K/sha256" ] || fail "install C again removed the current release"
+	[ -f "$R/var/lib/kfleet/releases/$DRV_B/$K/sha256" ] || fail "install C again removed the previous release"
+	grep -q "removing the release $DRV_D for 6.0.0-gone-amd64 (that kernel is no longer installed)" <<<"$ERR$OUT" ||
+		fail "install C again: no word of the release it removed: $ERR$OUT"
+	node check
+	want_no_line "^held $DRV_D " "check after a kernel's removal"
+	ok "install: the releases of a kernel no longer installed are removed"
 }
 
 test_load() {
@@ -1330,6 +1346,7 @@ mkpkg B 550.90.07 "$K" nvidia nvidia-modeset:nvidia nvidia-drm:drm,nvidia-modese
 mkpkg C 535.183.01 "$K" nvidia nvidia-modeset:nvidia nvidia-drm:drm,nvidia-modeset nvidia-uvm:nvidia
 mkpkg AK2 550.54.15 "$K2" nvidia nvidia-uvm:nvidia
 mkpkg WK 7.7.7 6.1.0-99-amd64 nvidia
+mkpkg D 545.29.06 6.0.0-gone-amd64 nvidia
 ok "packages made with build_package_write (fixture modules and generated ones)"
 make_root
 test_usage
