@@ -34,6 +34,9 @@
 
 #define CHUNK (32 * 1024)
 
+/* After "too many open files": what the operator can do about it. */
+#define FILES_HINT " (kfleet's open-files limit, ulimit -n: lower --forks or raise the limit)"
+
 enum conn_state {
     CS_NEW,       /* settings resolved; start deferred to the loop */
     CS_WAIT_SLOT, /* queued for a handshake slot */
@@ -757,7 +760,9 @@ static void on_tcp_connected(uv_connect_t *req, int status)
     if (uv_fileno((uv_handle_t *)&a->tcp, &fd) < 0 ||
         (a->pollfd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0 ||
         (a->libfd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) {
-        conn_fail(c, KF_EIO, "connect", "cannot duplicate socket: %s", strerror(errno));
+        int e = errno;
+        conn_fail(c, KF_EIO, "connect", "cannot duplicate socket: %s%s", strerror(e),
+                  e == EMFILE || e == ENFILE ? FILES_HINT : "");
         return;
     }
     /* Our copies keep the socket open; libuv's handle is no longer needed. */
@@ -810,6 +815,11 @@ static void attempt_start(struct ssh_conn *c)
     a->open_handles++;
     a->creq.data = a;
     rc = uv_tcp_connect(&a->creq, &a->tcp, ai->ai_addr, on_tcp_connected);
+    if (rc == UV_EMFILE || rc == UV_ENFILE) {
+        /* Our limit, not the host's fault: another address would not help. */
+        conn_fail(c, KF_EIO, "connect", "cannot open a socket: %s%s", uv_strerror(rc), FILES_HINT);
+        return;
+    }
     if (rc < 0) {
         snprintf(c->last_connect_error, sizeof(c->last_connect_error), "%s", uv_strerror(rc));
         io_teardown(c, 0);

@@ -643,6 +643,17 @@ static void progress(struct deploy_run *r)
     coord_progress_update(&r->progress, r->fan.done, r->stage_failed, 0);
 }
 
+/* An ended node's log is closed (a later pass opens it again, to append):
+ * a thousand nodes' logs held open would take a thousand of the files the
+ * running sessions need. */
+static void node_log_close(struct rnode *rn, struct deploy_node *n)
+{
+    if (rn->log != NULL)
+        fclose(rn->log);
+    rn->log = NULL;
+    n->log = NULL;
+}
+
 static void on_done(struct deploy_node *n)
 {
     struct rnode *rn = n->data;
@@ -659,6 +670,7 @@ static void on_done(struct deploy_node *n)
         else
             out(r, "  unlocked  %s\n", rn->host);
         deploy_node_release(n);
+        node_log_close(rn, n);
         coord_fanout_done(&r->fan);
         if (r->fan.running == 0 && (r->fan.stop || r->fan.next == r->fan.total))
             stage_end(r);
@@ -705,6 +717,7 @@ static void on_done(struct deploy_node *n)
         }
     }
     deploy_node_release(n);
+    node_log_close(rn, n);
     progress(r);
     coord_fanout_done(&r->fan);
     if (r->fan.running == 0 && (r->fan.stop || r->fan.next == r->fan.total))
@@ -761,6 +774,7 @@ static void start_node(struct coord_fanout *f, size_t i)
             r->stage_failed++;
             r->total_failed++;
         }
+        node_log_close(rn, n);
         coord_fanout_done(f);
         return;
     }
@@ -1346,6 +1360,8 @@ static void node_opts(struct deploy_run *r)
     r->rbopts.mode = DEPLOY_MODE_ROLLBACK;
     r->rbopts.rollback_to = NULL;
     r->xfer_limit = o->transfer_forks ? o->transfer_forks : d->transfer_forks;
+    /* A node: its session (3 files, see probe.c) and its log. */
+    o->forks = coord_fit_forks(o->forks, 4, "node");
 }
 
 static int run_loop(struct deploy_run *r)

@@ -3,6 +3,10 @@
  * frees. */
 #include "coordinator.h"
 
+#include <errno.h>
+#include <string.h>
+#include <sys/resource.h>
+
 void coord_fanout_init(struct coord_fanout *f, size_t total, unsigned limit,
                        void (*start)(struct coord_fanout *, size_t), void *data)
 {
@@ -37,4 +41,45 @@ void coord_fanout_done(struct coord_fanout *f)
     f->running--;
     f->done++;
     coord_fanout_pump(f);
+}
+
+/* Files kfleet holds besides its sessions: stdio, the state database and
+ * its journal, the loop's own descriptors, a child's pipes, a config or key
+ * file being read. */
+#define FILES_RESERVED 64
+
+void coord_raise_open_files(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur >= rl.rlim_max)
+        return;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        return;
+    /* An unlimited hard limit is still bounded by fs.nr_open (1048576 by
+     * default): ask for that much instead. */
+    rl.rlim_cur = 1048576;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        log_debug("cannot raise the open-files limit: %s", strerror(errno));
+}
+
+unsigned coord_fit_forks(unsigned forks, unsigned files_each, const char *what)
+{
+    struct rlimit rl;
+    rlim_t fit;
+
+    if (files_each == 0 || getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return forks;
+    fit = rl.rlim_cur > FILES_RESERVED ? (rl.rlim_cur - FILES_RESERVED) / files_each : 0;
+    if (fit < 1)
+        fit = 1;
+    if ((rlim_t)forks <= fit)
+        return forks;
+    log_warn("--forks %u: each %s holds %u open files and the open-files limit (ulimit -n) is "
+             "%llu: running %llu at once (raise the hard limit for more: LimitNOFILE= in a "
+             "systemd unit, nofile in limits.conf)",
+             forks, what, files_each, (unsigned long long)rl.rlim_cur, (unsigned long long)fit);
+    return (unsigned)fit;
 }

@@ -184,3 +184,26 @@ for key, k in got.items():
 print(f"plan: {len(want)} build keys match the fleet's kernels")
 PY
 ok "plan: every running and installed kernel in exactly one build key; range and store respected"
+
+# A soft open-files limit below what --forks needs is raised to the hard
+# one; a hard limit below it runs fewer sessions at once, with a warning,
+# rather than failing hosts with "too many open files".
+healthy=$(awk '/fault=none/ {print $1}' "$WORK/spec" | paste -sd,)
+nhealthy=$(awk '/fault=none/' "$WORK/spec" | wc -l)
+for lim in -Sn:40 -n:100; do
+	rc=0
+	(
+		ulimit "${lim%:*}" "${lim#*:}"
+		kf facts --limit "$healthy" --forks 60 --no-progress
+	) >"$WORK/fd.out" 2>"$WORK/fd.err" || rc=$?
+	[ "$rc" = 0 ] || { cat "$WORK/fd.out" "$WORK/fd.err"; fail "ulimit $lim: facts exited $rc"; }
+	grep -q "$nhealthy answered, 0 failed" "$WORK/fd.out" ||
+		{ cat "$WORK/fd.out" "$WORK/fd.err"; fail "ulimit $lim: not all $nhealthy hosts answered"; }
+	if [ "$lim" = -Sn:40 ]; then
+		[ ! -s "$WORK/fd.err" ] || { cat "$WORK/fd.err"; fail "ulimit -Sn 40: a warning, though the soft limit could be raised"; }
+	else
+		grep -q -- "warning: --forks 60: each SSH session holds 3 open files and the open-files limit (ulimit -n) is 100: running 12 at once" "$WORK/fd.err" ||
+			{ cat "$WORK/fd.err"; fail "ulimit -n 100: no warning of the fewer sessions"; }
+	fi
+done
+ok "open files: a low soft limit raised, a low hard limit runs fewer sessions at once; every host answers"
