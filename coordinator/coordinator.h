@@ -230,12 +230,10 @@ void coord_fanout_init(struct coord_fanout *f, size_t total, unsigned limit,
 void coord_fanout_pump(struct coord_fanout *f);
 void coord_fanout_done(struct coord_fanout *f);
 
-/* Raises the soft limit on open files to the hard one (a login shell's 1024
- * is less than a thousand sessions need). Called once, from main. */
-void coord_raise_open_files(void);
-
 /* The number of items of `what` that fit at once under the open-files limit
- * when each holds files_each descriptors: forks, or fewer with a warning
+ * when each holds files_each descriptors. The soft limit is raised as far
+ * as they need, within the hard one (a login shell's 1024 is less than a
+ * thousand sessions need); past that, fewer than forks, with a warning
  * naming the limit (one past it would fail its host, not the run). */
 unsigned coord_fit_forks(unsigned forks, unsigned files_each, const char *what);
 

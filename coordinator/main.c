@@ -12,7 +12,6 @@ int main(int argc, char **argv)
 
     /* A node that hangs up must fail that node, not kill kfleet. */
     signal(SIGPIPE, SIG_IGN);
-    coord_raise_open_files();
     rc = coord_parse_args(argc, argv, &o);
     if (rc < 0)
         return KF_EXIT_OK;

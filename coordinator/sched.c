@@ -48,30 +48,26 @@ void coord_fanout_done(struct coord_fanout *f)
  * file being read. */
 #define FILES_RESERVED 64
 
-void coord_raise_open_files(void)
-{
-    struct rlimit rl;
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
-        rl.rlim_cur >= rl.rlim_max)
-        return;
-    rl.rlim_cur = rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
-        return;
-    /* An unlimited hard limit is still bounded by fs.nr_open (1048576 by
-     * default): ask for that much instead. */
-    rl.rlim_cur = 1048576;
-    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-        log_debug("cannot raise the open-files limit: %s", strerror(errno));
-}
-
 unsigned coord_fit_forks(unsigned forks, unsigned files_each, const char *what)
 {
     struct rlimit rl;
-    rlim_t fit;
+    rlim_t fit, need;
 
     if (files_each == 0 || getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
         return forks;
+    /* Up to what this many need, within the hard limit; no more, since
+     * the children (podman, debootstrap) inherit it and some of them walk
+     * every descriptor number up to it. */
+    need = (rlim_t)forks * files_each + FILES_RESERVED;
+    if (rl.rlim_cur < need) {
+        struct rlimit up = rl;
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+        else
+            log_debug("cannot raise the open-files limit to %llu: %s",
+                      (unsigned long long)up.rlim_cur, strerror(errno));
+    }
     fit = rl.rlim_cur > FILES_RESERVED ? (rl.rlim_cur - FILES_RESERVED) / files_each : 0;
     if (fit < 1)
         fit = 1;
