@@ -1429,30 +1429,25 @@ do_install() {
 	state_write
 	state_old "$O_KERNEL"
 
-	# Only the current and the previous release of a kernel stay.
-	for _rd in "$KL"/releases/*/"$O_KERNEL"; do
-		[ -d "$_rd" ] || continue
-		_rdrv=${_rd%/*}
-		_rdrv=${_rdrv##*/}
-		valid_driver "$_rdrv" || continue
-		[ "$_rdrv" != "$OC_D" ] || continue
-		[ "$_rdrv" != "$OP_D" ] || continue
-		say "removing the release $_rdrv for $O_KERNEL (neither current nor previous)"
-		rm -rf "$_rd" || die env "cannot remove ${_rd#"$KL"/}"
-		rmdir "${_rd%/*}" 2>/dev/null
-	done
-	# Nor do the releases of kernels removed from the node (an autoremoved
-	# old kernel): nothing can install or roll back to them, and kept
-	# they would fill the disk, one or two packages per kernel ever run.
+	# Only the current and the previous release of a kernel stay, and none
+	# of a kernel removed from the node (an autoremoved old kernel): nothing
+	# can install or roll back to those, and kept they would fill the disk,
+	# one or two packages for every kernel the node ever ran.
 	for _rd in "$KL"/releases/*/*; do
 		[ -d "$_rd" ] || continue
 		_rk=${_rd##*/}
-		valid_kernel "$_rk" || continue
-		[ ! -d "$ROOT/lib/modules/$_rk" ] || continue
 		_rdrv=${_rd%/*}
 		_rdrv=${_rdrv##*/}
+		valid_kernel "$_rk" || continue
 		valid_driver "$_rdrv" || continue
-		say "removing the release $_rdrv for $_rk (that kernel is no longer installed)"
+		if [ ! -d "$ROOT/lib/modules/$_rk" ]; then
+			_why="that kernel is no longer installed"
+		elif [ "$_rk" = "$O_KERNEL" ] && [ "$_rdrv" != "$OC_D" ] && [ "$_rdrv" != "$OP_D" ]; then
+			_why="neither current nor previous"
+		else
+			continue
+		fi
+		say "removing the release $_rdrv for $_rk ($_why)"
 		rm -rf "$_rd" || die env "cannot remove ${_rd#"$KL"/}"
 		rmdir "${_rd%/*}" 2>/dev/null
 	done
