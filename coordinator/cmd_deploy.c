@@ -1360,8 +1360,8 @@ static void node_opts(struct deploy_run *r)
     r->rbopts.mode = DEPLOY_MODE_ROLLBACK;
     r->rbopts.rollback_to = NULL;
     r->xfer_limit = o->transfer_forks ? o->transfer_forks : d->transfer_forks;
-    /* A node: its session (3 files, see probe.c) and its log. */
-    o->forks = coord_fit_forks(o->forks, 4, "node");
+    /* A node: its session and its log. */
+    o->forks = coord_fit_forks(o->forks, COORD_SESSION_FILES + 1, "node");
 }
 
 static int run_loop(struct deploy_run *r)

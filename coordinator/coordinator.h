@@ -237,6 +237,10 @@ void coord_fanout_done(struct coord_fanout *f);
  * naming the limit (one past it would fail its host, not the run). */
 unsigned coord_fit_forks(unsigned forks, unsigned files_each, const char *what);
 
+/* The files an SSH session holds: its socket twice (libssh's copy and the
+ * poll's), and a third while it connects (libuv's, before the dup). */
+#define COORD_SESSION_FILES 3
+
 /* --- grouped results (report.c) --------------------------------------------- */
 
 /* Hosts grouped under a key (a kernel, an error reason), printed as one line

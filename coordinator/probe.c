@@ -200,9 +200,8 @@ int coord_probe_run(struct coord_probe *p, const struct inventory *inv, const si
         goto out;
     engine_ok = 1;
     coord_progress_init(&p->progress, p->o->progress, label, n);
-    /* A session: its socket twice (libssh's copy and the poll's), and a
-     * third while it connects (libuv's, before the dup). */
-    coord_fanout_init(&p->fan, n, coord_fit_forks(p->o->forks, 3, "SSH session"), host_start, p);
+    coord_fanout_init(&p->fan, n, coord_fit_forks(p->o->forks, COORD_SESSION_FILES, "SSH session"),
+                      host_start, p);
     coord_fanout_pump(&p->fan);
     uv_run(&p->loop, UV_RUN_DEFAULT);
     coord_progress_clear(&p->progress);
