@@ -112,6 +112,10 @@ EOF
 KFL=("$KFLEET" -i "$fleet/inventory.yml" --known-hosts "$kh" --ssh-config none --state "$work/state"
 	--config "$work/kfleet.yml")
 kfl() { "${KFL[@]}" "$@"; }
+kfl_deploy() { # kfl_deploy NAME DRIVER: the measured kfleet deploy to every node
+	measure "$1" "${KFL[@]}" deploy --profile bench --driver "$2" --stages 100% --forks "$NODES" \
+		--reload --no-progress
+}
 kfl facts --no-progress >/dev/null
 kfl build --profile bench --missing >"$out/deploy-build-small.txt" 2>&1
 kfl build --profile bench --source "$work/src-big" --missing >"$out/deploy-build-big.txt" 2>&1
@@ -200,11 +204,9 @@ for size in small big; do
 	for run in $(seq "$RUNS"); do
 		if want kfleet; then
 			reset
-			measure "kfleet-$size" "${KFL[@]}" deploy --profile bench --driver $drv \
-				--stages 100% --forks "$NODES" --reload --no-progress
+			kfl_deploy "kfleet-$size" $drv
 			check $drv "kfleet $size"
-			[ $size = big ] || measure "kfleet-$size-again" "${KFL[@]}" deploy --profile bench --driver $drv \
-				--stages 100% --forks "$NODES" --reload --no-progress
+			[ $size = big ] || kfl_deploy "kfleet-$size-again" $drv
 		fi
 		if want ansible && [ "$run" -le "$ARUNS" ]; then
 			reset
@@ -258,8 +260,7 @@ if want kfleet && [ "$BIG_NODES" -gt 0 ]; then
 	mkdir -p "$work/state/logs/rollouts"
 	clean_behind "$work/state/logs/rollouts" &
 	cleaner=$!
-	measure "kfleet-big-$BIG_NODES" "${KFL[@]}" deploy --profile bench --driver 2.0.0 \
-		--stages 100% --forks "$NODES" --reload --no-progress
+	kfl_deploy "kfleet-big-$BIG_NODES" 2.0.0
 	touch "$work/stop-cleaning"
 	wait "$cleaner"
 	check 2.0.0 "kfleet big at $BIG_NODES nodes"
